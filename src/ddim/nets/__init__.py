@@ -1,0 +1,5 @@
+"""Networks: pure torch, no diffusion logic."""
+
+from ddim.nets.unet import UNet
+
+__all__ = ["UNet"]

@@ -1,0 +1,182 @@
+"""The DDPM epsilon-network (Ho et al. 2020), exactly as in the original code.
+
+Module names follow the original DDPM/DDIM checkpoints (temb.dense.0, down.{i}.block.{j}, mid.attn_1, ...),
+so those state dicts load without renaming. The network maps (x, t) -> eps and knows nothing about diffusion.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
+    """Sinusoidal embedding, sin half first, frequencies exp(-log(10000) i / (half - 1)) as in DDPM."""
+    half = dim // 2
+    freqs = torch.exp(torch.arange(half, dtype=torch.float32, device=t.device) * -(math.log(10000) / (half - 1)))
+    args = t.float()[:, None] * freqs[None, :]
+    emb = torch.cat([torch.sin(args), torch.cos(args)], dim=1)
+    return F.pad(emb, (0, 1)) if dim % 2 else emb
+
+
+def group_norm(channels: int) -> nn.GroupNorm:
+    return nn.GroupNorm(num_groups=32, num_channels=channels, eps=1e-6, affine=True)
+
+
+class ResnetBlock(nn.Module):
+    def __init__(self, in_channels: int, out_channels: int, temb_channels: int, dropout: float):
+        super().__init__()
+        self.norm1 = group_norm(in_channels)
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
+        self.temb_proj = nn.Linear(temb_channels, out_channels)
+        self.norm2 = group_norm(out_channels)
+        self.dropout = nn.Dropout(dropout)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
+        # DDPM uses a 1x1 "network-in-network" projection when the channel count changes.
+        self.nin_shortcut = nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else None
+
+    def forward(self, x: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
+        h = self.conv1(F.silu(self.norm1(x)))
+        h = h + self.temb_proj(F.silu(temb))[:, :, None, None]
+        h = self.conv2(self.dropout(F.silu(self.norm2(h))))
+        return (x if self.nin_shortcut is None else self.nin_shortcut(x)) + h
+
+
+class AttnBlock(nn.Module):
+    """Single-head self-attention over all pixels, with 1x1 convolutions for q, k, v and the output."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.norm = group_norm(channels)
+        self.q = nn.Conv2d(channels, channels, 1)
+        self.k = nn.Conv2d(channels, channels, 1)
+        self.v = nn.Conv2d(channels, channels, 1)
+        self.proj_out = nn.Conv2d(channels, channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, height, width = x.shape
+        h = self.norm(x)
+        # (b, 1, hw, c): one head; SDPA computes softmax(q k^T / sqrt(c)) v like the original.
+        q, k, v = (proj(h).reshape(b, 1, c, height * width).transpose(-1, -2) for proj in (self.q, self.k, self.v))
+        out = F.scaled_dot_product_attention(q, k, v)
+        out = out.transpose(-1, -2).reshape(b, c, height, width)
+        return x + self.proj_out(out)
+
+
+class Downsample(nn.Module):
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Asymmetric (0, 1, 0, 1) padding as in the TensorFlow original.
+        return self.conv(F.pad(x, (0, 1, 0, 1)))
+
+
+class Upsample(nn.Module):
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+
+
+class UNet(nn.Module):
+    """DDPM U-Net. CIFAR10: ch_mult (1,2,2,2), 35,746,307 parameters; CelebA 64: (1,2,2,2,4), 78,700,803."""
+
+    def __init__(
+        self,
+        in_channels: int = 3,
+        out_channels: int = 3,
+        resolution: int = 32,
+        ch: int = 128,
+        ch_mult: Sequence[int] = (1, 2, 2, 2),
+        num_res_blocks: int = 2,
+        attn_resolutions: Sequence[int] = (16,),
+        dropout: float = 0.1,
+    ):
+        super().__init__()
+        if resolution % 2 ** (len(ch_mult) - 1):
+            raise ValueError(
+                f"resolution {resolution} must be divisible by 2^{len(ch_mult) - 1} for ch_mult {tuple(ch_mult)}."
+            )
+        if ch % 32:
+            raise ValueError(f"ch must be a multiple of 32 (GroupNorm uses 32 groups), got {ch}.")
+        self.ch = ch
+        self.num_res_blocks = num_res_blocks
+        temb_ch = 4 * ch
+        self.temb = nn.Module()
+        self.temb.dense = nn.ModuleList([nn.Linear(ch, temb_ch), nn.Linear(temb_ch, temb_ch)])
+        self.conv_in = nn.Conv2d(in_channels, ch, 3, padding=1)
+
+        in_mult = (1, *ch_mult)
+        res = resolution
+        self.down = nn.ModuleList()
+        for level, mult in enumerate(ch_mult):
+            stage = nn.Module()
+            stage.block, stage.attn = nn.ModuleList(), nn.ModuleList()
+            block_in = ch * in_mult[level]
+            for _ in range(num_res_blocks):
+                stage.block.append(ResnetBlock(block_in, ch * mult, temb_ch, dropout))
+                block_in = ch * mult
+                if res in attn_resolutions:
+                    stage.attn.append(AttnBlock(block_in))
+            if level != len(ch_mult) - 1:
+                stage.downsample = Downsample(block_in)
+                res //= 2
+            self.down.append(stage)
+
+        self.mid = nn.Module()
+        self.mid.block_1 = ResnetBlock(block_in, block_in, temb_ch, dropout)
+        self.mid.attn_1 = AttnBlock(block_in)
+        self.mid.block_2 = ResnetBlock(block_in, block_in, temb_ch, dropout)
+
+        up_stages = []
+        for level in reversed(range(len(ch_mult))):
+            stage = nn.Module()
+            stage.block, stage.attn = nn.ModuleList(), nn.ModuleList()
+            for i in range(num_res_blocks + 1):
+                # The last block of a level takes the skip coming from the level's input (before its blocks).
+                skip = ch * (in_mult[level] if i == num_res_blocks else ch_mult[level])
+                stage.block.append(ResnetBlock(block_in + skip, ch * ch_mult[level], temb_ch, dropout))
+                block_in = ch * ch_mult[level]
+                if res in attn_resolutions:
+                    stage.attn.append(AttnBlock(block_in))
+            if level != 0:
+                stage.upsample = Upsample(block_in)
+                res *= 2
+            up_stages.insert(0, stage)
+        self.up = nn.ModuleList(up_stages)
+
+        self.norm_out = group_norm(block_in)
+        self.conv_out = nn.Conv2d(block_in, out_channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        if t.ndim == 0:
+            t = t.expand(x.shape[0])
+        temb = timestep_embedding(t, self.ch).to(x.dtype)
+        temb = self.temb.dense[1](F.silu(self.temb.dense[0](temb)))
+
+        hs = [self.conv_in(x)]
+        for stage in self.down:
+            for i, block in enumerate(stage.block):
+                h = block(hs[-1], temb)
+                hs.append(stage.attn[i](h) if len(stage.attn) else h)
+            if hasattr(stage, "downsample"):
+                hs.append(stage.downsample(hs[-1]))
+
+        h = self.mid.block_2(self.mid.attn_1(self.mid.block_1(hs[-1], temb)), temb)
+
+        for stage in reversed(self.up):
+            for i, block in enumerate(stage.block):
+                h = block(torch.cat([h, hs.pop()], dim=1), temb)
+                if len(stage.attn):
+                    h = stage.attn[i](h)
+            if hasattr(stage, "upsample"):
+                h = stage.upsample(h)
+        return self.conv_out(F.silu(self.norm_out(h)))

@@ -1,0 +1,58 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from ddim.diffusion import l_simple, q_sample
+from ddim.schedule import Schedule, make_betas, timestep_sequence
+
+
+def test_linear_schedule_endpoints_match_closed_form():
+    sched = Schedule.from_config("linear", 1000, 1e-4, 0.02)
+    assert sched.alphas_cumprod.dtype == torch.float64
+    assert sched.alpha_bar(0) == pytest.approx(1 - 1e-4, abs=1e-15)
+    betas = [1e-4 + (0.02 - 1e-4) * i / 999 for i in range(1000)]
+    expected_last = math.exp(sum(math.log1p(-b) for b in betas))
+    assert sched.alpha_bar(999) == pytest.approx(expected_last, rel=1e-10)
+    assert sched.alpha_bar(999) == pytest.approx(4.035e-5, rel=1e-3)
+    assert sched.alpha_bar(-1) == 1.0
+
+
+def test_cosine_schedule_is_valid():
+    betas = make_betas("cosine", 1000)
+    assert betas.shape == (1000,) and float(betas.max()) <= 0.999 and float(betas.min()) > 0
+
+
+def test_timestep_sequences_match_the_paper():
+    assert timestep_sequence(10, "uniform").tolist() == list(range(0, 1000, 100))
+    assert timestep_sequence(1000, "uniform").tolist() == list(range(1000))
+    for steps in (10, 20, 50, 100, 1000):
+        # ermongroup/ddim: seq = [int(s) for s in np.linspace(0, np.sqrt(T * 0.8), S) ** 2]
+        reference = [int(s) for s in np.linspace(0, np.sqrt(1000 * 0.8), steps) ** 2]
+        assert timestep_sequence(steps, "quadratic").tolist() == reference
+        assert timestep_sequence(steps, "uniform").tolist() == [int(i * 1000 / steps) for i in range(steps)]
+    assert timestep_sequence(50, "quadratic").tolist()[:3] == [0, 0, 1]
+    assert timestep_sequence(custom=[0, 500, 999]).tolist() == [0, 500, 999]
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [dict(steps=0), dict(steps=1001), dict(steps=10, skip_type="cubic"), dict(custom=[5, 3]), dict(custom=[1000])],
+)
+def test_bad_timestep_requests_raise_one_clear_error(kwargs):
+    with pytest.raises(ValueError):
+        timestep_sequence(**kwargs)
+
+
+def test_q_sample_and_l_simple_zero_for_true_noise():
+    sched = Schedule.from_config()
+    x0 = torch.rand(4, 3, 8, 8) * 2 - 1
+    noise = torch.randn_like(x0)
+    t = torch.tensor([0, 10, 500, 999])
+    x_t = q_sample(x0, t, noise, sched.alphas_cumprod)
+    a = sched.alphas_cumprod[t].float().view(-1, 1, 1, 1)
+    torch.testing.assert_close(x_t, a.sqrt() * x0 + (1 - a).sqrt() * noise)
+    oracle = lambda x, tt: (x - a.sqrt() * x0) / (1 - a).sqrt()  # noqa: E731
+    assert l_simple(oracle, x0, sched.alphas_cumprod, t=t, noise=noise).item() < 1e-10
+    assert l_simple(lambda x, tt: torch.zeros_like(x), x0, sched.alphas_cumprod, t=t, noise=noise).item() > 0.5
