@@ -14,6 +14,7 @@ from ddim.datamodule import (
     CELEBA_CROP,
     CelebA64DataModule,
     CIFAR10DataModule,
+    DataConfigError,
     DatasetNotFoundError,
     DigitsDataModule,
     FashionMNISTDataModule,
@@ -107,6 +108,18 @@ def test_digits_upsampling_matches_pil_bilinear():
     np.testing.assert_allclose(x[0].numpy(), expected, atol=1e-5)
     batch = first_batch(dm.train_dataloader())
     assert batch.shape == (64, 1, 16, 16) and batch.min() >= -1 and batch.max() <= 1
+
+
+def test_errors_are_user_errors_the_entry_points_print():
+    from ddim.errors import DDIMError
+
+    assert issubclass(DatasetNotFoundError, DDIMError) and issubclass(DataConfigError, DDIMError)
+    with pytest.raises(DataConfigError, match="data.batch_size"):
+        DigitsDataModule(batch_size=0)
+    with pytest.raises(DataConfigError, match="limit"):
+        DigitsDataModule(limit=0).setup()
+    with pytest.raises(DataConfigError, match="num_test"):
+        DigitsDataModule(num_test=1797)
 
 
 def test_limit_keeps_the_first_images_and_small_sets_still_give_a_batch():
@@ -363,6 +376,8 @@ def test_image_folder_recursive_centre_crop_rgb(tmp_path):
 
     held = ImageFolderDataModule(root=str(root), image_size=16, num_test=1)
     assert len(held.train_set) == 3 and len(held.test_set) == 1
+    with pytest.raises(DataConfigError, match="num_test=4 holds out all 4 images"):
+        ImageFolderDataModule(root=str(root), num_test=4).setup()
     with pytest.raises(DatasetNotFoundError, match="does not exist"):
         ImageFolderDataModule(root=str(tmp_path / "missing")).setup()
     (tmp_path / "empty").mkdir()

@@ -21,10 +21,13 @@ import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from ddim.errors import DDIMError
+
 __all__ = [
     "CELEBA_CROP",
     "CIFAR10DataModule",
     "CelebA64DataModule",
+    "DataConfigError",
     "DatasetNotFoundError",
     "DigitsDataModule",
     "FashionMNISTDataModule",
@@ -44,8 +47,12 @@ FASHION_MNIST_DEBIAN_DIR = "/usr/share/datasets/fashion-mnist"
 CELEBA_CROP = {"top": 57, "left": 25, "height": 128, "width": 128}
 
 
-class DatasetNotFoundError(FileNotFoundError):
+class DatasetNotFoundError(DDIMError, FileNotFoundError):
     """Data files are missing or unreadable; the message says where to put them or how to fetch them."""
+
+
+class DataConfigError(DDIMError, ValueError):
+    """A data setting is out of range; the message names the setting."""
 
 
 def to_unit_range(x: torch.Tensor) -> torch.Tensor:
@@ -114,7 +121,7 @@ def _first(dataset: Dataset, n: int | None) -> Dataset:
     if n is None or n >= len(dataset):
         return dataset
     if n <= 0:
-        raise ValueError(f"A dataset limit must be a positive number of images or null, got {n}.")
+        raise DataConfigError(f"A dataset limit must be a positive number of images or null, got {n}.")
     return Subset(dataset, range(n))
 
 
@@ -149,9 +156,9 @@ class ImageDataModule(pl.LightningDataModule):
     ) -> None:
         super().__init__()
         if batch_size <= 0:
-            raise ValueError(f"data.batch_size must be positive, got {batch_size}.")
+            raise DataConfigError(f"data.batch_size must be positive, got {batch_size}.")
         if num_workers < 0:
-            raise ValueError(f"data.num_workers must be >= 0, got {num_workers}.")
+            raise DataConfigError(f"data.num_workers must be >= 0, got {num_workers}.")
         self.batch_size = int(batch_size)
         self.num_workers = int(num_workers)
         self.flip = bool(flip)
@@ -425,7 +432,7 @@ class ImageFolderDataModule(ImageDataModule):
         paths = self._list(self.root)
         if self.test_root is None and self.num_test > 0:
             if self.num_test >= len(paths):
-                raise ValueError(
+                raise DataConfigError(
                     f"data.num_test={self.num_test} holds out all {len(paths)} images under {self.root}: "
                     "use a smaller num_test or set data.test_root."
                 )
@@ -453,7 +460,7 @@ class DigitsDataModule(ImageDataModule):
         self.image_size = int(image_size)
         self.num_test = int(num_test)
         if not 0 < self.num_test < 1797:
-            raise ValueError(f"data.num_test must be in 1..1796 for the 1,797 digits, got {num_test}.")
+            raise DataConfigError(f"data.num_test must be in 1..1796 for the 1,797 digits, got {num_test}.")
         self._images: torch.Tensor | None = None
         self.save_hyperparameters()
 
