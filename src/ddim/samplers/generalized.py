@@ -16,6 +16,7 @@ of diffusers' `randn_tensor`, which the tests rely on.
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Callable, Iterator, Sequence
 from typing import NamedTuple
 
@@ -28,6 +29,7 @@ from ddim.schedule import Schedule, timestep_sequence
 EpsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 Generators = torch.Generator | Sequence[torch.Generator] | None
 VARIANCES = ("eta", "sigma_hat")
+_SEED_STRIDE = 0x9E3779B9  # large and odd: nearby seeds get far-apart, non-overlapping seed ranges
 
 
 class SamplerError(DDIMError, ValueError):
@@ -118,11 +120,19 @@ def per_sample_generators(
 ) -> list[torch.Generator]:
     """One generator per global sample index, so sample i is the same for any batch size, GPU count or resume.
 
-    The seed of sample i is (seed << 32) + i: distinct for every (seed, i) with i < 2**32.
+    Generator i is seeded with (seed * 0x9E3779B9 + i) mod 2**32: PyTorch's CPU generator keeps only the low
+    32 bits of a seed, and this map is one-to-one in i for a given seed (seed 0 gives manual_seed(i));
+    different seeds shift the streams by a large odd constant.
     """
-    if not 0 <= int(seed) < 2**31:
-        raise SamplerError(f"seed must be an integer in [0, 2**31), got {seed}.")
-    return [torch.Generator(device=device).manual_seed((int(seed) << 32) + int(i)) for i in indices]
+    try:
+        seed = operator.index(seed)
+    except TypeError:
+        seed = -1
+    if seed < 0:
+        raise SamplerError(f"seed must be a non-negative integer, got {seed!r}.")
+    return [
+        torch.Generator(device=device).manual_seed((seed * _SEED_STRIDE + int(i)) % 2**32) for i in indices
+    ]
 
 
 def _as_generator_list(generator: Generators, batch: int) -> torch.Generator | list[torch.Generator] | None:
