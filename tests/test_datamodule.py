@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from fakes import coordinate_image, write_fake_celeba, write_fake_cifar10
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from PIL import Image
@@ -43,29 +44,6 @@ def write_idx_images(path: Path, images: np.ndarray, magic: int = 2051) -> None:
             f.write(payload)
     else:
         path.write_bytes(payload)
-
-
-def write_fake_cifar10(root: Path, n_per_batch: int = 4) -> dict[str, np.ndarray]:
-    """torchvision's cifar-10-batches-py layout: latin1 pickles with 'data' (N, 3072) uint8 rows (R, G, B planes)."""
-    folder = root / "cifar-10-batches-py"
-    folder.mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    arrays = {}
-    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
-        data = rng.integers(0, 256, size=(n_per_batch, 3072), dtype=np.uint8)
-        arrays[name] = data
-        with open(folder / name, "wb") as f:
-            pickle.dump({"data": data, "labels": [0] * n_per_batch, "batch_label": name}, f)
-    with open(folder / "batches.meta", "wb") as f:
-        pickle.dump({"label_names": [f"c{i}" for i in range(10)]}, f)
-    return arrays
-
-
-def coordinate_image(index: int = 0) -> Image.Image:
-    """178x218 (w x h) RGB image with R = column, G = row, B = index, so any crop can be read off its pixels."""
-    cols, rows = np.meshgrid(np.arange(178), np.arange(218))
-    arr = np.stack([cols, rows, np.full_like(cols, index)], axis=-1).astype(np.uint8)
-    return Image.fromarray(arr, "RGB")
 
 
 def unit(a: np.ndarray) -> np.ndarray:
@@ -228,21 +206,6 @@ def test_fashion_mnist_bad_files_and_missing_root_give_clear_errors(tmp_path):
 # CIFAR10 with torchvision's real class, on a fake folder
 
 
-@pytest.fixture
-def fake_cifar10(tmp_path, monkeypatch):
-    """Fake cifar-10-batches-py; torchvision's md5 checks are replaced by an existence check.
-
-    torchvision.datasets.cifar imports `check_integrity` into its module namespace and calls it from both
-    CIFAR10._check_integrity (data batches) and CIFAR10._load_meta (batches.meta), so patching that one
-    name lets the real CIFAR10 class parse our pickles; everything else runs unchanged.
-    """
-    import torchvision.datasets.cifar as tv_cifar
-
-    monkeypatch.setattr(tv_cifar, "check_integrity", lambda fpath, md5=None: os.path.isfile(fpath))
-    arrays = write_fake_cifar10(tmp_path / "cifar10")
-    return tmp_path / "cifar10", arrays
-
-
 def test_cifar10_loads_torchvision_format_exactly(fake_cifar10):
     root, arrays = fake_cifar10
     dm = CIFAR10DataModule(root=str(root), batch_size=4, num_workers=0)
@@ -305,17 +268,6 @@ def test_celeba_resize_is_antialiased_bilinear():
     stripes[:, ::2] = 255
     grey = np.asarray(celeba_transform(64)(Image.fromarray(stripes))).astype(float)
     assert np.all(np.abs(grey[:, 1:63] - 127.5) <= 1.0)
-
-
-def write_fake_celeba(base: Path, partitions: list[int]) -> None:
-    images = base / "img_align_celeba"
-    images.mkdir(parents=True)
-    lines = []
-    for i, part in enumerate(partitions):
-        name = f"{i + 1:06d}.jpg"
-        coordinate_image(i).save(images / name, format="PNG")  # lossless content, CelebA's file names
-        lines.append(f"{name} {part}\n")
-    (base / "list_eval_partition.txt").write_text("".join(lines))
 
 
 @pytest.mark.parametrize("nested", [True, False])
