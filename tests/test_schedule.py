@@ -38,7 +38,13 @@ def test_timestep_sequences_match_the_paper():
 
 @pytest.mark.parametrize(
     "kwargs",
-    [dict(steps=0), dict(steps=1001), dict(steps=10, skip_type="cubic"), dict(custom=[5, 3]), dict(custom=[1000])],
+    [
+        dict(steps=0),
+        dict(steps=1001),
+        dict(steps=10, skip_type="cubic"),
+        dict(custom=[5, 3]),
+        dict(custom=[1000]),
+    ],
 )
 def test_bad_timestep_requests_raise_one_clear_error(kwargs):
     with pytest.raises(ValueError):
@@ -55,4 +61,6 @@ def test_q_sample_and_l_simple_zero_for_true_noise():
     torch.testing.assert_close(x_t, a.sqrt() * x0 + (1 - a).sqrt() * noise)
     oracle = lambda x, tt: (x - a.sqrt() * x0) / (1 - a).sqrt()  # noqa: E731
     assert l_simple(oracle, x0, sched.alphas_cumprod, t=t, noise=noise).item() < 1e-10
-    assert l_simple(lambda x, tt: torch.zeros_like(x), x0, sched.alphas_cumprod, t=t, noise=noise).item() > 0.5
+    assert (
+        l_simple(lambda x, tt: torch.zeros_like(x), x0, sched.alphas_cumprod, t=t, noise=noise).item() > 0.5
+    )
