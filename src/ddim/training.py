@@ -23,7 +23,11 @@ def instantiate_group(group: DictConfig | None) -> list[Any]:
     """Instantiate every entry of a config group holding name -> {_target_: ...} (callbacks, loggers)."""
     if not group:
         return []
-    return [hydra.utils.instantiate(conf, _convert_="all") for conf in group.values() if conf and "_target_" in conf]
+    return [
+        hydra.utils.instantiate(conf, _convert_="all")
+        for conf in group.values()
+        if conf and "_target_" in conf
+    ]
 
 
 def resolve_resume_path(ckpt_path: str | None, output_dir: Path) -> str | None:
@@ -40,7 +44,9 @@ def resolve_resume_path(ckpt_path: str | None, output_dir: Path) -> str | None:
         ckpt_path = str(last)
     path = Path(ckpt_path)
     if not path.is_file():
-        raise DDIMError(f"Checkpoint not found: {path}. Pass ckpt_path=/path/to/file.ckpt (or ckpt_path=last).")
+        raise DDIMError(
+            f"Checkpoint not found: {path}. Pass ckpt_path=/path/to/file.ckpt (or ckpt_path=last)."
+        )
     # torch.save writes a zip archive; a truncated or foreign file fails here instead of deep inside torch.
     if not zipfile.is_zipfile(path):
         raise DDIMError(
@@ -77,9 +83,14 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     start = time.perf_counter()
     trainer.fit(model, datamodule=datamodule, ckpt_path=resume_from)
+    checkpointing = trainer.checkpoint_callback
+    if checkpointing is not None and checkpointing.dirpath and not trainer.interrupted:
+        # Step-interval checkpoints miss the final steps; end every run with a resumable last.ckpt.
+        trainer.save_checkpoint(Path(checkpointing.dirpath) / f"{checkpointing.CHECKPOINT_NAME_LAST}.ckpt")
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
     metrics.update(
         global_step=trainer.global_step,
+        world_size=trainer.world_size,
         wall_time_s=round(time.perf_counter() - start, 2),
         parameters=sum(p.numel() for p in model.net.parameters()),
         resumed_from=resume_from,
