@@ -1,0 +1,76 @@
+"""Results on disk (metrics.json, always) and in experiment loggers (csv, wandb) when configured."""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+def write_json(path: str | Path, data: Mapping[str, Any]) -> Path:
+    """Atomic JSON write (temp + rename): a crash never leaves a truncated metrics file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def _numeric(metrics: Mapping[str, Any]) -> dict[str, float]:
+    return {
+        k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
+    }
+
+
+def _csv_rows(path: Path) -> tuple[list[str], list[list[str]]]:
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))
+    return rows[0], rows[1:]
+
+
+def report(
+    loggers: list[Any],
+    metrics: Mapping[str, Any],
+    images: Mapping[str, Path] | None = None,
+    tables: Mapping[str, Path] | None = None,
+    hparams: Mapping[str, Any] | None = None,
+) -> None:
+    """Send numbers, images (PNG paths) and CSV tables to every logger; wandb gets images and tables too."""
+    for logger in loggers:
+        try:
+            if hparams:
+                logger.log_hyperparams(dict(hparams))
+            numbers = _numeric(metrics)
+            if numbers:
+                logger.log_metrics(numbers, step=0)
+            if hasattr(logger, "log_image"):
+                for key, path in (images or {}).items():
+                    logger.log_image(key=key, images=[str(path)])
+            if hasattr(logger, "log_table"):
+                for key, path in (tables or {}).items():
+                    columns, data = _csv_rows(Path(path))
+                    logger.log_table(key=key, columns=columns, data=data)
+            logger.save()
+            logger.finalize("success")
+        except Exception as err:  # noqa: BLE001 - results are on disk already; a logger must not lose them
+            log.warning(f"Logger {type(logger).__name__} failed: {err}")
+
+
+def log_table_files(wandb_cfg: dict[str, Any], paths: Mapping[str, Path], name: str) -> None:
+    """A separate wandb run for a multirun's table and plot (the jobs' own runs are closed by then)."""
+    from pytorch_lightning.loggers import WandbLogger
+
+    out_dir = Path(next(iter(paths.values()))).parent
+    kwargs = {k: v for k, v in wandb_cfg.items() if k != "_target_"}
+    kwargs.update(save_dir=str(out_dir), name=name)
+    logger = WandbLogger(**kwargs)
+    images = {k: v for k, v in paths.items() if str(v).endswith(".png")}
+    tables = {k: v for k, v in paths.items() if str(v).endswith(".csv")}
+    report([logger], {}, images=images, tables=tables)

@@ -1,0 +1,325 @@
+"""Evaluation runs on a tiny U-Net (CPU): seeded sharded generation (1 vs 2 DDP processes, batch sizes,
+resume), FID through the config path with a tiny extractor, and the reconstruction / visual tasks."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+from PIL import Image
+
+from ddim.evaluation import evaluate
+from ddim.evaluation.generation import SampleWriter
+from ddim.evaluation.shards import ShardPlan, read_images
+from ddim.nets.unet import UNet
+from ddim.samplers import initial_noise, per_sample_generators, reconstruct, sample
+from ddim.schedule import Schedule
+
+ROOT = Path(__file__).resolve().parents[1]
+TESTS = Path(__file__).resolve().parent
+TINY_NET = dict(
+    in_channels=1,
+    out_channels=1,
+    resolution=8,
+    ch=32,
+    ch_mult=[1, 2],
+    num_res_blocks=1,
+    attn_resolutions=[],
+    dropout=0.0,
+)
+TINY_SCHEDULE = {"kind": "linear", "num_timesteps": 100, "beta_start": 1e-4, "beta_end": 0.2}
+TINY_EXTRACTOR = "fid.feature_extractor={_target_:test_fid.TinyExtractor}"
+
+
+def make_tiny_checkpoint(path: Path, seed: int = 0, net_kwargs: dict | None = None) -> Path:
+    """A Lightning-style checkpoint as training writes it: ema_net./net. weights plus hyper-parameters."""
+    kwargs = dict(net_kwargs or TINY_NET)
+    torch.manual_seed(seed)
+    net = UNet(**kwargs)
+    with torch.no_grad():  # a freshly initialised U-Net outputs ~0 (zeroed last conv): give it some signal
+        for p in net.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    sd = {f"ema_net.{k}": v for k, v in net.state_dict().items()}
+    sd.update({f"net.{k}": torch.zeros_like(v) for k, v in net.state_dict().items()})
+    torch.save({"state_dict": sd, "hyper_parameters": {"net": kwargs, "schedule": TINY_SCHEDULE}}, path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_ckpt(tmp_path_factory) -> Path:
+    return make_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.ckpt")
+
+
+def base_overrides(ckpt: Path, out: Path, cache: Path | None = None) -> list[str]:
+    return [
+        f"ckpt={ckpt}",
+        "data=digits",
+        "data.image_size=8",
+        "n_samples=12",
+        "batch_size=2",
+        "shard_size=4",
+        "sampler.steps=3",
+        "trainer.accelerator=cpu",
+        "trainer.devices=1",
+        "logger=none",
+        "fid.num_workers=0",
+        "fid.reference_limit=64",
+        f"fid.cache_dir={cache or out.parent / 'cache'}",
+        f"paths.output_dir={out}",
+    ]
+
+
+def make_cfg(overrides: list[str]) -> DictConfig:
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        return compose(config_name="eval", overrides=overrides)
+
+
+def run_cli(args: list[str], cwd: Path = ROOT, timeout: int = 300) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])}
+    return subprocess.run(
+        [sys.executable, str(ROOT / "src" / "eval.py"), *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def png_bytes(samples_dir: Path) -> dict[str, bytes]:
+    return {
+        str(p.relative_to(samples_dir)): p.read_bytes() for p in sorted(samples_dir.glob("shard_*/*.png"))
+    }
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Generation: seeds, DDP, batch size, resume
+
+
+def test_samples_depend_only_on_seed_and_index(tiny_ckpt, tmp_path):
+    out = tmp_path / "run"
+    cfg = make_cfg([*base_overrides(tiny_ckpt, out), "task=sample", "sampler.eta=0.5"])
+    record = evaluate(cfg)
+    assert record["n_samples"] == 12 and record["generated"] == 12 and record["nfe"] == 3
+    files = png_bytes(out / "samples")
+    assert sorted(files) == [f"shard_{i // 4:05d}/{i:06d}.png" for i in range(12)]
+    assert (out / "samples_grid.png").is_file() and (out / "metrics.json").is_file()
+
+    # Independent of the evaluation code: sample 5 drawn directly with the sampler and its own generator.
+    ckpt = torch.load(tiny_ckpt, weights_only=True)
+    net = UNet(**TINY_NET).eval()
+    net.load_state_dict(
+        {k[len("ema_net.") :]: v for k, v in ckpt["state_dict"].items() if k.startswith("ema_net.")}
+    )
+    schedule = Schedule.from_config(**TINY_SCHEDULE)
+    gens = per_sample_generators(0, [5])
+    with torch.no_grad():
+        x0 = sample(net, initial_noise((1, 1, 8, 8), gens), [0, 33, 66], schedule, eta=0.5, generator=gens)
+    expected = ((x0.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)[0, 0].numpy()
+    got = torch.from_numpy(__import__("numpy").asarray(Image.open(out / "samples/shard_00001/000005.png")))
+    assert torch.equal(got, torch.from_numpy(expected))
+
+
+def test_batch_size_does_not_change_the_images(tiny_ckpt, tmp_path):
+    runs = {}
+    for bs in (1, 4):
+        out = tmp_path / f"bs{bs}"
+        evaluate(
+            make_cfg([*base_overrides(tiny_ckpt, out), "task=sample", "sampler.eta=1.0", f"batch_size={bs}"])
+        )
+        runs[bs] = read_images(out / "samples", ShardPlan(12, 4)).int()
+    # Per-sample generators make the noise identical; only float rounding of the batched network may differ.
+    assert (runs[1] - runs[4]).abs().max().item() <= 1
+    assert (runs[1] == runs[4]).float().mean().item() > 0.99
+
+
+def test_one_and_two_ddp_processes_write_identical_files(tiny_ckpt, tmp_path):
+    common = [
+        *base_overrides(tiny_ckpt, tmp_path / "unused"),
+        "task=sample",
+        "sampler.eta=1.0",
+        "n_samples=10",
+    ]
+    common = [o for o in common if not o.startswith("paths.output_dir")]
+    one = tmp_path / "one"
+    evaluate(make_cfg([*common, f"paths.output_dir={one}"]))
+    two = tmp_path / "two"
+    proc = run_cli([*common, "trainer.devices=2", "trainer.strategy=ddp", f"hydra.run.dir={two}"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    record = json.loads((two / "metrics.json").read_text())
+    assert record["world_size"] == 2 and record["generated"] == 10
+    a, b = png_bytes(one / "samples"), png_bytes(two / "samples")
+    assert len(a) == 10 and a == b
+
+
+def test_interrupted_generation_resumes_to_the_same_files(tiny_ckpt, tmp_path, monkeypatch):
+    overrides = [
+        *base_overrides(tiny_ckpt, tmp_path / "ref"),
+        "task=sample",
+        "sampler.eta=1.0",
+        "batch_size=3",
+    ]
+    evaluate(make_cfg(overrides))
+    reference = png_bytes(tmp_path / "ref" / "samples")
+
+    out = tmp_path / "run"
+    overrides = [o if not o.startswith("paths.output_dir") else f"paths.output_dir={out}" for o in overrides]
+    calls = {"n": 0}
+    original = SampleWriter.generate
+
+    def dies_on_third_batch(self, start, stop):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise RuntimeError("simulated crash")
+        return original(self, start, stop)
+
+    monkeypatch.setattr(SampleWriter, "generate", dies_on_third_batch)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        evaluate(make_cfg(overrides))
+    samples = out / "samples"
+    # Shard 0 (batches 1-2) is complete; nothing else exists as a shard; no metrics were written.
+    assert sorted(p.name for p in samples.glob("shard_*")) == ["shard_00000"]
+    assert not (out / "metrics.json").exists()
+
+    monkeypatch.setattr(SampleWriter, "generate", original)
+    # Also: a temp folder left by a killed writer, and a shard that lost a file.
+    stale = samples / ".tmp-shard_00002-99999-deadbeef"
+    stale.mkdir()
+    (stale / "000008.png").write_bytes(b"half")
+    record = evaluate(make_cfg(overrides))
+    assert record["generated"] == 8  # shards 1 and 2 only
+    assert png_bytes(samples) == reference
+    assert not list(samples.glob(".tmp-*"))
+
+    (samples / "shard_00001" / "000005.png").unlink()
+    record = evaluate(make_cfg(overrides))
+    assert record["generated"] == 4 and png_bytes(samples) == reference
+
+
+def test_resuming_with_other_settings_is_refused(tiny_ckpt, tmp_path):
+    from ddim.errors import DDIMError
+
+    out = tmp_path / "run"
+    evaluate(make_cfg([*base_overrides(tiny_ckpt, out), "task=sample", "n_samples=4"]))
+    with pytest.raises(DDIMError, match="other settings"):
+        evaluate(make_cfg([*base_overrides(tiny_ckpt, out), "task=sample", "n_samples=4", "sampler.eta=1.0"]))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# FID through the config (tiny extractor plugged in by _target_), other tasks
+
+
+def test_fid_task_writes_metrics_with_the_plugged_in_extractor(tiny_ckpt, tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(TESTS))
+    out = tmp_path / "run"
+    record = evaluate(
+        make_cfg([*base_overrides(tiny_ckpt, out), TINY_EXTRACTOR, "sampler.skip_type=quadratic"])
+    )
+    saved = json.loads((out / "metrics.json").read_text())
+    for key in ("fid", "is", "n_samples", "eta", "steps", "skip_type", "variance", "nfe", "checkpoint"):
+        assert key in saved, key
+    for key in ("wall_time_s", "images_per_s", "generation_s"):
+        assert saved[key] > 0
+    assert saved["fid"] == pytest.approx(record["fid"]) and saved["fid"] > 0
+    assert saved["reference_n"] == 64 and saved["skip_type"] == "quadratic"
+
+    # Independent check of the number: tiny features of the written files vs. of the training digits.
+    from test_fid import TinyExtractor
+
+    from ddim.datamodule import DigitsDataModule
+    from ddim.evaluation.fid import Statistics, frechet_distance
+    from ddim.images import to_uint8
+
+    ext = TinyExtractor()
+    gen = read_images(out / "samples", ShardPlan(12, 4)).expand(-1, 3, -1, -1)
+    ref = torch.stack([DigitsDataModule(image_size=8).train_set[i] for i in range(64)])
+    with torch.no_grad():
+        s_gen = Statistics.from_features(ext(gen)[0])
+        s_ref = Statistics.from_features(ext(to_uint8(ref).expand(-1, 3, -1, -1))[0])
+    assert saved["fid"] == pytest.approx(
+        frechet_distance(s_gen.mu, s_gen.sigma, s_ref.mu, s_ref.sigma), rel=1e-6
+    )
+
+    # The reference statistics are cached (keyed by the data config) and reused.
+    cached = list((tmp_path / "cache" / "reference").glob("digits-*/stats-tiny-feat.npz"))
+    assert len(cached) == 1
+    again = evaluate(make_cfg([*base_overrides(tiny_ckpt, tmp_path / "run2"), TINY_EXTRACTOR]))
+    assert again["reference"] == str(cached[0])
+
+
+def test_reconstruction_task_writes_table2(tiny_ckpt, tmp_path):
+    out = tmp_path / "run"
+    cfg = make_cfg(
+        [
+            *base_overrides(tiny_ckpt, out),
+            "task=reconstruction",
+            "reconstruction.steps=[2,5]",
+            "reconstruction.n_images=5",
+        ]
+    )
+    record = evaluate(cfg)
+    for name in ("table2.md", "table2.csv", "reconstruction.png", "metrics.json"):
+        assert (out / name).is_file(), name
+    assert "S=2" in (out / "table2.md").read_text()
+
+    from ddim.datamodule import DigitsDataModule
+
+    ckpt = torch.load(tiny_ckpt, weights_only=True)
+    net = UNet(**TINY_NET).eval()
+    net.load_state_dict(
+        {k[len("ema_net.") :]: v for k, v in ckpt["state_dict"].items() if k.startswith("ema_net.")}
+    )
+    schedule = Schedule.from_config(**TINY_SCHEDULE)
+    x0 = torch.stack([DigitsDataModule(image_size=8).test_set[i] for i in range(5)])
+    for steps, seq in ((2, [0, 50]), (5, [0, 20, 40, 60, 80])):
+        with torch.no_grad():
+            rec = reconstruct(net, x0, seq, schedule)
+        expected = ((rec.clamp(-1, 1) - x0) / 2).pow(2).mean().item()
+        assert record["mse"][str(steps)] == pytest.approx(expected, rel=1e-5)
+    # Figure rows: original, S=2, S=5; 5 columns of 8x8 images with 2-pixel padding.
+    assert Image.open(out / "reconstruction.png").size == (5 * 10 + 2, 3 * 10 + 2)
+
+
+@pytest.mark.parametrize(
+    "task, extra, rows, cols",
+    [
+        ("interpolation", ["interpolation.n_pairs=2", "interpolation.n_points=4", "sampler.steps=3"], 2, 4),
+        ("consistency", ["consistency.n_samples=3", "consistency.steps=[2,3,5]"], 3, 3),
+        ("progressive", ["progressive.n_samples=2", "progressive.every=2", "sampler.steps=5"], 2, 3),
+    ],
+)
+def test_visual_tasks_write_their_figure(tiny_ckpt, tmp_path, task, extra, rows, cols):
+    out = tmp_path / task
+    record = evaluate(make_cfg([*base_overrides(tiny_ckpt, out), f"task={task}", *extra]))
+    figure = out / f"{task}.png"
+    assert record["figure"] == str(figure)
+    assert Image.open(figure).size == (cols * 10 + 2, rows * 10 + 2)
+    assert json.loads((out / "metrics.json").read_text())["task"] == task
+
+
+def test_wandb_offline_logs_the_figure(tiny_ckpt, tmp_path, monkeypatch):
+    pytest.importorskip("wandb")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    out = tmp_path / "run"
+    overrides = [o for o in base_overrides(tiny_ckpt, out) if o != "logger=none"]
+    evaluate(
+        make_cfg(
+            [
+                *overrides,
+                "logger=wandb",
+                "task=consistency",
+                "consistency.n_samples=2",
+                "consistency.steps=[2]",
+            ]
+        )
+    )
+    media = list(out.glob("wandb/offline-run-*/files/media/images/*.png"))
+    assert media, sorted(str(p) for p in out.rglob("*"))[:50]

