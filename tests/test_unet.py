@@ -83,6 +83,16 @@ def max_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
     return max((a[k] - b[k]).abs().max().item() for k in a)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """These networks are tiny per op: a second OpenMP thread gains little and, on a busy 2-core machine,
+    its barrier waits made this module 2x slower. Restored afterwards."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def cifar_pair():
     ref = randomized_diffusers(CIFAR10)
@@ -305,18 +315,20 @@ def test_load_ddim_list_checkpoint_prefers_ema(tmp_path):
     assert_same_weights(load_unet(path, resolution=16)[0], model_sd)
 
 
-def test_load_diffusers_folder(tmp_path):
+@pytest.mark.parametrize("safetensors", [True, False])
+def test_load_diffusers_folder(tmp_path, safetensors):
     ref = randomized_diffusers(SMALL, seed=10)
-    ref.save_pretrained(tmp_path / "ddpm")
+    ref.save_pretrained(tmp_path / "ddpm", safe_serialization=safetensors)
     model, config = load_unet(tmp_path / "ddpm")
     assert config == SMALL  # resolution comes from config.json's sample_size
     x = torch.randn(2, 1, 16, 16, generator=torch.Generator().manual_seed(11))
     t = torch.tensor([5, 600])
     with torch.no_grad():
         assert (model(x, t) - ref(x, t).sample).abs().max().item() <= 1e-4
-    # The weights file alone (no config.json beside it) converts too, with the default resolution.
-    alone = tmp_path / "alone.safetensors"
-    (tmp_path / "ddpm" / "diffusion_pytorch_model.safetensors").rename(alone)
+    # The weights file alone (no config.json beside it) converts too.
+    suffix = ".safetensors" if safetensors else ".bin"
+    alone = tmp_path / f"alone{suffix}"
+    (tmp_path / "ddpm" / f"diffusion_pytorch_model{suffix}").rename(alone)
     model, config = load_unet(alone, resolution=16)
     assert config == SMALL and read_checkpoint(alone, resolution=16).layout == "diffusers"
 

@@ -439,9 +439,7 @@ def _torch_load(path: Path) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        if not (
-            path.suffix == ".ckpt" and zipfile.is_zipfile(path) and "weights_only" in str(e).replace(" ", "_")
-        ):
+        if not (path.suffix == ".ckpt" and zipfile.is_zipfile(path) and "weights only" in str(e).lower()):
             raise _corrupt(path, e) from e
     except Exception as e:  # noqa: BLE001 - torch raises RuntimeError/EOFError/... for damaged files
         raise _corrupt(path, e) from e
