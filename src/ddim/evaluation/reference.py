@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -77,7 +76,7 @@ def reference_statistics(
     extractor_key: str,
     cache_dir: str | Path,
     feature_layer: str,
-    datamodule_factory: Callable[[], Any] | None = None,
+    datamodule: Any | None = None,
     data_cfg: dict[str, Any] | None = None,
     data_dir: str | Path = "data",
     limit: int | None = None,
@@ -105,7 +104,7 @@ def reference_statistics(
     if source == "cifar10-train":
         folder = cache_dir / "reference" / "cifar10-train"
     else:
-        if datamodule_factory is None or data_cfg is None:
+        if datamodule is None or data_cfg is None:
             raise DDIMError("fid.reference=data needs a data config, e.g. data=cifar10.")
         folder = cache_dir / "reference" / data_key(data_cfg, limit)
     suffix = "-features" if keep_features else ""
@@ -118,10 +117,9 @@ def reference_statistics(
         images = _cifar10_train(Path(data_dir) / "cifar10", download, limit)
         desc = "CIFAR10 train (torch-fidelity)"
     else:
-        assert datamodule_factory is not None and data_cfg is not None
-        dm = datamodule_factory()
+        assert datamodule is not None and data_cfg is not None
         try:
-            train_set = dm.train_set
+            train_set = datamodule.train_set
         except FileNotFoundError as err:  # the data module's message says where the files go
             raise DDIMError(f"FID reference statistics need the training data: {err}") from err
         plan = write_reference_images(train_set, folder / "images", limit)

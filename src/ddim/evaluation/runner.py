@@ -212,9 +212,7 @@ class Scorer:
     kid_subset_size: int
 
     def score(self, images: ShardImages) -> dict[str, float]:
-        layers = self.extractor.get_requested_features_list()
         feats = extract_features(images, self.extractor, self.batch_size, self.device, self.num_workers)
-        assert self.fid_layer in layers
         return compute_metrics(
             feats,
             self.reference,
@@ -226,11 +224,23 @@ class Scorer:
         )
 
 
+def _metric_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
 def prepare_scorer(cfg: DictConfig, ctx: Context, is_zero: bool) -> Scorer | None:
     """Resolve weights on every rank (so each fails fast), build the extractor and statistics on rank 0."""
     f = cfg.fid
     isc, kid = bool(f.get("isc", False)), bool(f.get("kid", False))
     custom = f.get("feature_extractor")
+    reference_src = str(f.get("reference", "data"))
+    datamodule, data_cfg = None, None
+    if reference_src == "data":
+        datamodule = make_datamodule(cfg)
+        check_data_shape(ctx, datamodule)
+        data_cfg = OmegaConf.to_container(cfg.data, resolve=True)
     weights = None
     if not custom:
         weights = resolve_inception_weights(
@@ -242,21 +252,9 @@ def prepare_scorer(cfg: DictConfig, ctx: Context, is_zero: bool) -> Scorer | Non
         )
         if isc and not weights.has_logits:
             build_inception(weights, isc=True)  # raises the "no logits" message
-    reference_src = str(f.get("reference", "data"))
-    datamodule_factory = None
-    data_cfg = None
-    if reference_src == "data":
-        dm = make_datamodule(cfg)
-        check_data_shape(ctx, dm)
-        data_cfg = OmegaConf.to_container(cfg.data, resolve=True)
-        datamodule_factory = lambda: dm  # noqa: E731
     if not is_zero:
         return None
-    device = torch.device(
-        "cuda"
-        if str(f.get("device", "auto")) == "auto" and torch.cuda.is_available()
-        else ("cpu" if str(f.get("device", "auto")) == "auto" else str(f.device))
-    )
+    device = _metric_device(str(f.get("device", "auto")))
     if custom:
         extractor = hydra.utils.instantiate(custom, _convert_="all")
         name = extractor.get_name()
@@ -275,7 +273,7 @@ def prepare_scorer(cfg: DictConfig, ctx: Context, is_zero: bool) -> Scorer | Non
         name,
         f.cache_dir,
         fid_layer,
-        datamodule_factory=datamodule_factory,
+        datamodule=datamodule,
         data_cfg=data_cfg,
         data_dir=cfg.paths.data_dir,
         limit=f.get("reference_limit"),

@@ -1,0 +1,131 @@
+"""eta x S sweeps on a tiny model end with Table 1 (Markdown + CSV) and the FID-vs-S plot: through the Hydra
+multirun (table written by the on_multirun_end callback) and through the single-job grid task."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+from hydra import compose, initialize_config_dir
+from PIL import Image
+from test_eval import ROOT, TESTS, TINY_EXTRACTOR, base_overrides, make_cfg, run_cli, session_checkpoint
+
+from ddim.evaluation import evaluate
+from ddim.evaluation.tables import TABLE1_FILES, pivot, write_table1
+
+
+@pytest.fixture(scope="session")
+def tiny_ckpt(tmp_path_factory):
+    return session_checkpoint(tmp_path_factory)
+
+
+def _table(path) -> dict[str, dict[str, str]]:
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    return {r["row"]: r for r in rows}
+
+
+def test_single_job_grid_writes_table1_and_plot(tiny_ckpt, tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(TESTS))
+    out = tmp_path / "grid"
+    overrides = [
+        *base_overrides(tiny_ckpt, out),
+        TINY_EXTRACTOR,
+        "n_samples=6",
+        "shard_size=3",
+        "batch_size=3",
+    ]
+    summary = evaluate(
+        make_cfg([*overrides, "task=sweep", "sweep.etas=[0,1]", "sweep.steps=[2,3]", "sweep.sigma_hat=true"])
+    )
+    for name in TABLE1_FILES:
+        assert (out / name).is_file(), name
+    assert len(summary["points"]) == 6
+    table = _table(out / "table1.csv")
+    assert list(table) == ["eta = 0.0", "eta = 1.0", "sigma_hat"]
+    for point in summary["points"]:
+        label = "sigma_hat" if point["variance"] == "sigma_hat" else f"eta = {point['eta']:.1f}"
+        assert float(table[label][f"S={point['steps']}"]) == pytest.approx(point["fid"], rel=1e-5)
+        assert point["n_samples"] == 6
+    md = (out / "table1.md").read_text()
+    assert "| sigma_hat |" in md and "S=2" in md and "S=3" in md
+    assert Image.open(out / "fid_vs_steps.png").size[0] > 100
+    assert json.loads((out / "metrics.json").read_text())["task"] == "sweep"
+
+
+def test_multirun_ends_with_table1_and_plot(tiny_ckpt, tmp_path):
+    sweep_dir = tmp_path / "multirun"
+    overrides = [o for o in base_overrides(tiny_ckpt, tmp_path / "x") if not o.startswith("paths.output_dir")]
+    args = [
+        "-m",
+        *overrides,
+        TINY_EXTRACTOR,
+        "n_samples=6",
+        "shard_size=3",
+        "batch_size=3",
+        "sampler.eta=0,1",
+        "sampler.steps=2,3",
+        f"hydra.sweep.dir={sweep_dir}",
+    ]
+    proc = run_cli(args, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for name in TABLE1_FILES:
+        assert (sweep_dir / name).is_file(), name
+    table = _table(sweep_dir / "table1.csv")
+    assert list(table) == ["eta = 0.0", "eta = 1.0"] and set(table["eta = 0.0"]) == {"row", "S=2", "S=3"}
+    jobs = [json.loads(p.read_text()) for p in sorted(sweep_dir.glob("*/metrics.json"))]
+    assert len(jobs) == 4
+    for job in jobs:
+        assert float(table[f"eta = {job['eta']:.1f}"][f"S={job['steps']}"]) == pytest.approx(
+            job["fid"], rel=1e-5
+        )
+
+    # Same seed, same samples: the single-job grid gives the same numbers as the multirun.
+    out = tmp_path / "grid"
+    grid = evaluate(
+        make_cfg(
+            [
+                *base_overrides(tiny_ckpt, out, cache=tmp_path / "cache"),
+                TINY_EXTRACTOR,
+                "n_samples=6",
+                "shard_size=3",
+                "batch_size=3",
+                "task=sweep",
+                "sweep.etas=[0,1]",
+                "sweep.steps=[2,3]",
+                "sweep.sigma_hat=false",
+            ]
+        )
+    )
+    by_point = {(p["eta"], p["steps"]): p["fid"] for p in grid["points"]}
+    for job in jobs:
+        assert by_point[(job["eta"], job["steps"])] == pytest.approx(job["fid"], rel=1e-9)
+
+
+def test_table_marks_nfe_when_quadratic_steps_repeat(tmp_path):
+    records = [
+        {"eta": 0.0, "variance": "eta", "steps": 50, "nfe": 50, "fid": 5.0, "n_samples": 10},
+        {"eta": 0.0, "variance": "eta", "steps": 10, "nfe": 10, "fid": 9.0, "n_samples": 10},
+        {"eta": 1.0, "variance": "sigma_hat", "steps": 10, "nfe": 10, "fid": 300.0, "n_samples": 10},
+    ]
+    rows, cols, cells = pivot(records)
+    assert rows == ["eta = 0.0", "sigma_hat"] and cols == [10, 50] and cells[("sigma_hat", 10)] == 300.0
+    paths = write_table1(records, tmp_path, paper="cifar10")
+    md = paths["table1.md"].read_text()
+    assert "| sigma_hat | 300.00 | - |" in md
+    assert "13.36" in md  # the paper's CIFAR10 row for comparison
+
+
+def test_submitit_launcher_config_composes():
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose(
+            config_name="eval",
+            overrides=["ckpt=x", "hydra/launcher=submitit_slurm", "trainer.devices=4"],
+            return_hydra_config=True,
+        )
+    launcher = cfg.hydra.launcher
+    assert launcher._target_.endswith("SlurmLauncher")
+    assert launcher.tasks_per_node == 4 and launcher.gpus_per_node == 4
+    assert cfg.hydra.callbacks.sweep_table._target_.endswith("SweepTableCallback")
