@@ -23,7 +23,7 @@ class SampleGrid(pl.Callback):
     configured sampler from the same x_T and noise (seed), so successive grids show training progress only.
 
     The module must expose `eps_fn(ema=True)`, `schedule` and `image_shape`. The grid is written to
-    <log_dir>/samples/step_XXXXXXX.png on rank 0 and sent to loggers that take images (wandb's log_image,
+    <trainer.default_root_dir>/samples/step_XXXXXXX.png (the run directory) on rank 0 and sent to loggers that take images (wandb's log_image,
     TensorBoard's add_image); other loggers are skipped.
     """
 
@@ -78,8 +78,8 @@ class SampleGrid(pl.Callback):
     def _draw(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         step = trainer.global_step
         self._last_step = step
-        # log_dir broadcasts, so every rank must ask for it; only rank 0 samples.
-        root = Path(trainer.log_dir or trainer.default_root_dir)
+        # The run directory, not the logger's versioned folder, so grids sit beside checkpoints/.
+        root = Path(trainer.default_root_dir)
         if not trainer.is_global_zero:
             return
         images = self.sample(pl_module)
