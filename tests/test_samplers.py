@@ -162,8 +162,8 @@ def test_matches_diffusers_ddim_in_float32_with_its_own_tables(eta):
         diffusers_ddim(), net, x_T(torch.float32), steps, eta, noises, float64=False
     )
     assert max_diff(ours.xs, xs) < 1e-5
-    # x0_hat at t = 999 is x / sqrt(4e-5): float32 rounding of a_t is amplified 160x there.
-    assert max_diff(ours.x0_hats, x0s) < 1e-3
+    # x0_hat at t = 999 is x / sqrt(4e-5): float32 rounding of a_t is amplified 160x there (measured 2.5e-5).
+    assert max_diff(ours.x0_hats, x0s) < 1e-4
 
 
 @pytest.mark.parametrize("eta", [0.0, 1.0])

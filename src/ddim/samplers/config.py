@@ -36,6 +36,8 @@ class SamplerConfig:
         # Hydra hands over ListConfig; keep plain values so the config is hashable and serialisable.
         if self.timesteps is not None:
             self.timesteps = [int(t) for t in self.timesteps]
+        if isinstance(self.eta, int) and not isinstance(self.eta, bool):
+            self.eta = float(self.eta)  # `sampler.eta=0` arrives as an int
 
     def validate(self, num_timesteps: int) -> SamplerConfig:
         """Raise one clear SamplerError (a ValueError) for any bad field; returns self."""

@@ -159,7 +159,7 @@ def _randn(
             device, dtype
         )
     rows = [torch.randn((1, *shape[1:]), generator=g, device=g.device, dtype=draw_dtype) for g in generator]
-    return torch.cat([r.to(device) for r in rows]).to(dtype)
+    return torch.cat(rows).to(device, dtype)  # one transfer per step, not one per sample
 
 
 def initial_noise(
