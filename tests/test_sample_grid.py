@@ -85,7 +85,7 @@ def test_grid_written_every_n_steps_and_at_the_end_and_sent_to_image_loggers(tmp
     callback = SampleGrid(every_n_steps=2, n_samples=4, seed=0, sampler=sampler)
     csv, images = CSVLogger(tmp_path, name="csv"), ImageLogger()
     fit(module, callback, tmp_path, [csv, images], max_steps=5)
-    samples = Path(csv.log_dir) / "samples"
+    samples = tmp_path / "samples"  # the run directory, not the logger's versioned folder
     assert sorted(p.name for p in samples.iterdir()) == [
         "step_0000002.png",
         "step_0000004.png",

@@ -23,8 +23,8 @@ class SampleGrid(pl.Callback):
     configured sampler from the same x_T and noise (seed), so successive grids show training progress only.
 
     The module must expose `eps_fn(ema=True)`, `schedule` and `image_shape`. The grid is written to
-    <trainer.default_root_dir>/samples/step_XXXXXXX.png (the run directory) on rank 0 and sent to loggers that take images (wandb's log_image,
-    TensorBoard's add_image); other loggers are skipped.
+    <trainer.default_root_dir>/samples/step_XXXXXXX.png (the run directory) on rank 0 and sent to loggers
+    that take images (wandb's log_image, TensorBoard's add_image); other loggers are skipped.
     """
 
     def __init__(
