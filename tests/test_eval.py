@@ -147,22 +147,26 @@ def test_batch_size_does_not_change_the_images(tiny_ckpt, tmp_path):
 
 
 def test_one_and_two_ddp_processes_write_identical_files(tiny_ckpt, tmp_path):
-    common = [
-        *base_overrides(tiny_ckpt, tmp_path / "unused"),
-        "task=sample",
-        "sampler.eta=1.0",
-        "n_samples=10",
+    # A two-point grid: one DDP process group runs trainer.predict twice (the task=sweep route).
+    grid = [
+        "task=sweep",
+        "sweep.etas=[1.0]",
+        "sweep.steps=[3,5]",
+        "sweep.sigma_hat=false",
+        "sweep.metrics=false",
     ]
-    common = [o for o in common if not o.startswith("paths.output_dir")]
+    common = [o for o in base_overrides(tiny_ckpt, tmp_path) if not o.startswith("paths.output_dir")]
+    common += [*grid, "n_samples=10"]
     one = tmp_path / "one"
     evaluate(make_cfg([*common, f"paths.output_dir={one}"]))
     two = tmp_path / "two"
     proc = run_cli([*common, "trainer.devices=2", "trainer.strategy=ddp", f"hydra.run.dir={two}"])
     assert proc.returncode == 0, proc.stderr[-3000:]
-    record = json.loads((two / "metrics.json").read_text())
-    assert record["world_size"] == 2 and record["generated"] == 10
-    a, b = png_bytes(one / "samples"), png_bytes(two / "samples")
-    assert len(a) == 10 and a == b
+    points = json.loads((two / "metrics.json").read_text())["points"]
+    assert [(p["world_size"], p["generated"]) for p in points] == [(2, 10), (2, 10)]
+    for tag in ("eta1_S3_uniform", "eta1_S5_uniform"):
+        a, b = png_bytes(one / "samples" / tag), png_bytes(two / "samples" / tag)
+        assert len(a) == 10 and a == b, tag
 
 
 def test_interrupted_generation_resumes_to_the_same_files(tiny_ckpt, tmp_path, monkeypatch):

@@ -274,3 +274,33 @@ def test_a_foreign_file_is_not_accepted_as_detector(tmp_path):
     torch.save({"a": torch.zeros(1)}, bad)
     with pytest.raises(DDIMError, match="TorchScript|Inception"):
         converted_detector(bad, tmp_path / "cache")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Reference statistics: the data module route and torch-fidelity's CIFAR10 route see the same pixels
+
+
+def test_reference_statistics_from_the_datamodule_equal_torch_fidelity_cifar10(fake_cifar10, tmp_path):
+    from ddim.datamodule import CIFAR10DataModule
+    from ddim.evaluation.reference import reference_statistics
+
+    root, arrays = fake_cifar10
+    ext = TinyExtractor()
+    data_cfg = {"_target_": "ddim.datamodule.CIFAR10DataModule", "root": str(root), "flip": True}
+    dm = CIFAR10DataModule(root=str(root), batch_size=4, num_workers=0, flip=True)
+    cache = tmp_path / "cache"
+    ours, where = reference_statistics("data", ext, "tiny", cache, "feat", datamodule=dm, data_cfg=data_cfg)
+    theirs, _ = reference_statistics("cifar10-train", ext, "tiny", cache, "feat", data_dir=tmp_path)
+    assert ours.n == theirs.n == 20
+    torch.testing.assert_close(ours.mu, theirs.mu, rtol=1e-6, atol=1e-9)
+    torch.testing.assert_close(ours.sigma, theirs.sigma, rtol=1e-6, atol=1e-9)
+
+    # The cached reference images are exactly the training pixels (unflipped), and the cache is reused.
+    folder = next((cache / "reference").glob("cifar10-*"))
+    written = torch.stack([ShardImages(folder / "images", ShardPlan(20, 5000))[i] for i in range(20)])
+    raw = np.concatenate([arrays[f"data_batch_{i}"] for i in range(1, 6)]).reshape(20, 3, 32, 32)
+    assert torch.equal(written, torch.from_numpy(raw))
+    again, where_again = reference_statistics(
+        "data", ext, "tiny", cache, "feat", datamodule=None, data_cfg=data_cfg
+    )
+    assert where_again == where and torch.equal(again.mu, ours.mu)

@@ -136,7 +136,7 @@ def extract_features(
     batch_size: int = 100,
     device: str | torch.device = "cpu",
     num_workers: int = 0,
-    desc: str = "Inception features",
+    desc: str = "Features",
 ) -> dict[str, torch.Tensor]:
     """Run `extractor` over a data set of uint8 images (C, H, W); returns {feature name: (N, D) float32}."""
     names = list(extractor.get_requested_features_list())

@@ -102,9 +102,9 @@ def reference_statistics(
         return stats, str(path)
 
     if source == "cifar10-train":
-        folder = cache_dir / "reference" / "cifar10-train"
+        folder = cache_dir / "reference" / "torch-fidelity-cifar10-train"
     else:
-        if datamodule is None or data_cfg is None:
+        if data_cfg is None:
             raise DDIMError("fid.reference=data needs a data config, e.g. data=cifar10.")
         folder = cache_dir / "reference" / data_key(data_cfg, limit)
     suffix = "-features" if keep_features else ""
@@ -117,7 +117,8 @@ def reference_statistics(
         images = _cifar10_train(Path(data_dir) / "cifar10", download, limit)
         desc = "CIFAR10 train (torch-fidelity)"
     else:
-        assert datamodule is not None and data_cfg is not None
+        if datamodule is None:
+            raise DDIMError("fid.reference=data needs a data config, e.g. data=cifar10.")
         try:
             train_set = datamodule.train_set
         except FileNotFoundError as err:  # the data module's message says where the files go

@@ -424,7 +424,8 @@ def run_sweep(ctx: Context) -> dict[str, Any]:
     scorer = prepare_scorer(cfg, ctx, trainer.is_global_zero) if cfg.sweep.get("metrics", True) else None
     records = []
     for i, p in enumerate(points):
-        log.info(f"Grid point {i + 1}/{len(points)}: {p.tag()}")
+        if trainer.is_global_zero:
+            log.info(f"Grid point {i + 1}/{len(points)}: {p.tag()}")
         record = generate_and_score(ctx, trainer, p, Path(cfg.samples_dir) / p.tag(), scorer)
         if record is not None:
             records.append(record)
