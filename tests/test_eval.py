@@ -260,8 +260,14 @@ def test_fid_task_writes_metrics_with_the_plugged_in_extractor(tiny_ckpt, tmp_pa
     # The reference statistics are cached (keyed by the data config) and reused.
     cached = list((tmp_path / "cache" / "reference").glob("digits-*/stats-tiny-feat.npz"))
     assert len(cached) == 1
-    again = evaluate(make_cfg([*base_overrides(tiny_ckpt, tmp_path / "run2"), TINY_EXTRACTOR]))
-    assert again["reference"] == str(cached[0])
+    quadratic = [TINY_EXTRACTOR, "sampler.skip_type=quadratic"]
+    again = evaluate(make_cfg([*base_overrides(tiny_ckpt, tmp_path / "run2"), *quadratic]))
+    assert again["reference"] == str(cached[0]) and again["fid"] == pytest.approx(saved["fid"], rel=1e-12)
+
+    # KID needs the reference features too: cached separately, and the FID is unchanged.
+    with_kid = evaluate(make_cfg([*base_overrides(tiny_ckpt, tmp_path / "run3"), *quadratic, "fid.kid=true"]))
+    assert with_kid["kid"] is not None and with_kid["fid"] == pytest.approx(saved["fid"], rel=1e-9)
+    assert with_kid["reference"].endswith("stats-tiny-feat-features.npz")
 
 
 def test_reconstruction_task_writes_table2(tiny_ckpt, tmp_path):

@@ -304,3 +304,21 @@ def test_reference_statistics_from_the_datamodule_equal_torch_fidelity_cifar10(f
         "data", ext, "tiny", cache, "feat", datamodule=None, data_cfg=data_cfg
     )
     assert where_again == where and torch.equal(again.mu, ours.mu)
+
+
+def test_inception_score_and_kid_closed_forms():
+    # IS = exp(E KL(p(y|x) || p(y))): 1 when every image gets the same class distribution; K when each image is
+    # certain of one class and the K classes are equally frequent (one split, so the frequencies are exact).
+    k, n = 5, 100
+    same = torch.zeros(n, k)
+    confident = torch.full((n, k), -40.0)
+    confident[torch.arange(n), torch.arange(n) % k] = 0.0
+    feats = torch.randn(n, 4, generator=torch.Generator().manual_seed(0))
+    for logits, expected in ((same, 1.0), (confident, float(k))):
+        out = compute_metrics({"2048": feats, "logits_unbiased": logits}, None, isc=True, isc_splits=1)
+        assert out["is"] == pytest.approx(expected, rel=1e-6)
+    # KID (unbiased MMD^2) of a set against itself is 0 up to subset noise; a shifted set is far away.
+    ref = Statistics.from_features(feats, keep_features=True)
+    same_kid = compute_metrics({"2048": feats}, ref, kid=True, kid_subset_size=50)["kid"]
+    shifted_kid = compute_metrics({"2048": feats + 3.0}, ref, kid=True, kid_subset_size=50)["kid"]
+    assert shifted_kid > 1.0 and shifted_kid > 20 * abs(same_kid)

@@ -102,26 +102,26 @@ def check_positive(cfg: DictConfig, *keys: str) -> None:
 
 
 def build_trainer(cfg: DictConfig, output_dir: Path) -> pl.Trainer:
-    """A Trainer for predict-only work: no logger/checkpoints, and no DistributedSampler (shards are split
-    by rank explicitly, so nothing is padded or generated twice)."""
-    kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
-    assert isinstance(kwargs, dict)
-    kwargs.pop("_target_", None)
-    kwargs["devices"] = _devices_for_launcher(kwargs.get("devices", "auto"))
+    """The configured Trainer for predict-only work: no logger/checkpoints, and no DistributedSampler (shards
+    are split by rank explicitly, so nothing is padded or generated twice)."""
+    from lightning_fabric.utilities.exceptions import MisconfigurationException
+
+    devices = _devices_for_launcher(OmegaConf.select(cfg, "trainer.devices", default="auto"))
     try:
-        return pl.Trainer(
-            **kwargs,
+        return hydra.utils.instantiate(
+            cfg.trainer,
+            devices=devices,
             logger=False,
             enable_checkpointing=False,
             enable_model_summary=False,
             use_distributed_sampler=False,
             default_root_dir=str(output_dir),
         )
-    except (TypeError, ValueError) as err:
-        raise DDIMError(f"Bad trainer settings {kwargs}: {err}") from err
-    except Exception as err:  # MisconfigurationException: e.g. accelerator=gpu on a machine without one
-        if type(err).__name__ == "MisconfigurationException":
-            raise DDIMError(f"Bad trainer settings {kwargs}: {err}") from err
+    except Exception as err:
+        cause = err.__cause__ or err
+        # e.g. accelerator=gpu on a machine without one, an unknown strategy or precision
+        if isinstance(cause, (MisconfigurationException, ValueError, TypeError)):
+            raise DDIMError(f"Bad trainer settings ({cause}); check trainer.* in the command.") from err
         raise
 
 
