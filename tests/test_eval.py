@@ -339,3 +339,6 @@ def test_wandb_offline_logs_the_figure(tiny_ckpt, tmp_path, monkeypatch):
     )
     media = list(out.glob("wandb/offline-run-*/files/media/images/*.png"))
     assert media, sorted(str(p) for p in out.rglob("*"))[:50]
+    import wandb
+
+    assert wandb.run is None  # finished, so the next job of a multirun gets its own run

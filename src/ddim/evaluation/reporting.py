@@ -59,6 +59,9 @@ def report(
                     logger.log_table(key=key, columns=columns, data=data)
             logger.save()
             logger.finalize("success")
+            if type(logger).__name__ == "WandbLogger":
+                # Close the run: otherwise the next job of a multirun (same process) logs into this one.
+                logger.experiment.finish()
         except Exception as err:  # noqa: BLE001 - results are on disk already; a logger must not lose them
             log.warning(f"Logger {type(logger).__name__} failed: {err}")
 
