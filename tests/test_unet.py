@@ -11,6 +11,7 @@ import torch
 from ddim.errors import DDIMError
 from ddim.nets.convert import (
     DIFFUSERS_DEFAULTS,
+    build_unet,
     default_resolution,
     detect_layout,
     diffusers_to_original,
@@ -172,6 +173,34 @@ def test_small_config_matches_diffusers_both_directions():
         assert (src(x, t) - dst(x, t).sample).abs().max().item() <= 1e-4
 
 
+def test_gradients_match_diffusers():
+    ref = randomized_diffusers(SMALL, seed=13)
+    ours = UNet(**SMALL).eval()
+    ours.load_state_dict(diffusers_to_original(ref.state_dict()), strict=True)
+    gen = torch.Generator().manual_seed(14)
+    x, target = torch.randn(2, 1, 16, 16, generator=gen), torch.randn(2, 2, 16, 16, generator=gen)
+    t = torch.tensor([7, 480])
+    torch.nn.functional.mse_loss(ours(x, t), target).backward()
+    torch.nn.functional.mse_loss(ref(x, t).sample, target).backward()
+    ours_grads = original_to_diffusers({n: p.grad for n, p in ours.named_parameters()})
+    for name, p in ref.named_parameters():
+        scale = p.grad.abs().max().item()
+        assert scale > 0, name
+        assert (ours_grads[name] - p.grad).abs().max().item() <= 1e-4 * scale + 1e-7, name
+
+
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
+def test_output_keeps_the_input_memory_format(memory_format):
+    model = random_unet({**SMALL, "in_channels": 3, "out_channels": 3}, 15)
+    x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(16))
+    t = torch.tensor([1, 2])
+    with torch.no_grad():
+        expected = model(x, t)
+        got = model(x.contiguous(memory_format=memory_format), t)
+    assert got.is_contiguous(memory_format=memory_format)
+    assert (got - expected).abs().max().item() <= 1e-5
+
+
 def test_round_trip_is_exact(cifar_pair):
     ref, ours = cifar_pair
     sd = ours.state_dict()
@@ -277,6 +306,12 @@ def test_load_lightning_checkpoint_prefers_ema(tmp_path):
     # Same tensors at another image size: attention stays at the same levels.
     _, config = load_unet(path, resolution=32)
     assert config["attn_resolutions"] == (32, 8)
+    # Without EMA weights the only set is used and reported as such.
+    ckpt["state_dict"] = {f"net.{k}": v for k, v in net.items()}
+    torch.save(ckpt, path)
+    read = read_checkpoint(path)
+    assert read.ema is None
+    assert_same_weights(build_unet(read.state_dict, read.config), net)
 
 
 def test_load_checkpoint_of_the_lightning_module(tmp_path):
@@ -331,6 +366,9 @@ def test_load_diffusers_folder(tmp_path, safetensors):
     (tmp_path / "ddpm" / f"diffusion_pytorch_model{suffix}").rename(alone)
     model, config = load_unet(alone, resolution=16)
     assert config == SMALL and read_checkpoint(alone, resolution=16).layout == "diffusers"
+    # A saved pipeline keeps the model in unet/.
+    ref.save_pretrained(tmp_path / "pipeline" / "unet", safe_serialization=safetensors)
+    assert_same_weights(load_unet(tmp_path / "pipeline")[0], model.state_dict())
 
 
 def test_diffusers_folder_with_another_architecture_is_refused(tmp_path):
@@ -382,6 +420,13 @@ def test_shape_mismatch_names_the_tensor(tmp_path):
     ckpt["hyper_parameters"]["net"] = {**SMALL, "attn_resolutions": (16, 8, 4)}
     torch.save(ckpt, path)
     with pytest.raises(DDIMError, match=r"missing \['down\.1\.attn\.0"):
+        load_unet(path)
+
+
+def test_pickled_objects_outside_lightning_checkpoints_are_refused(tmp_path):
+    path = tmp_path / "model.pth"
+    torch.save({"model": random_unet(SMALL, 0).state_dict(), "args": argparse.Namespace(lr=1)}, path)
+    with pytest.raises(DDIMError, match="holds Python objects besides tensors"):
         load_unet(path)
 
 

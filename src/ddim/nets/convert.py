@@ -307,7 +307,9 @@ def _config_from_hparams(net: Mapping[str, Any], resolution: int | None) -> dict
     return config
 
 
-def _lightning_parts(ckpt: Mapping[str, Any], prefer_ema: bool) -> tuple[dict[str, torch.Tensor], bool]:
+def _lightning_parts(
+    ckpt: Mapping[str, Any], prefer_ema: bool
+) -> tuple[dict[str, torch.Tensor], bool | None]:
     """The net or ema_net weights of a Lightning checkpoint (or its bare state dict), prefixes removed."""
     sd = ckpt["state_dict"] if isinstance(ckpt.get("state_dict"), Mapping) else ckpt
     sd = strip_wrapper_prefixes(sd)
@@ -317,7 +319,7 @@ def _lightning_parts(ckpt: Mapping[str, Any], prefer_ema: bool) -> tuple[dict[st
     part = {k: v for k, v in strip_wrapper_prefixes(part).items() if k not in _NON_WEIGHT_KEYS}
     if not part:
         raise DDIMError(f"the Lightning checkpoint has no tensors under {prefix!r}; {_CKPT_HINT}")
-    return part, prefix == "ema_net."
+    return part, (prefix == "ema_net.") if has_ema else None
 
 
 def infer_unet_config(sd: Mapping[str, Any], resolution: int | None = None) -> dict[str, Any]:
@@ -419,9 +421,8 @@ class Checkpoint:
     config: dict[str, Any]
     layout: Layout
     ema: bool | None  # True/False when the file held both weight sets; None when it held only one
-    hyper_parameters: dict[str, Any] | None = field(
-        default=None
-    )  # Lightning hyper-parameters (schedule, ...)
+    # Lightning hyper-parameters (schedule, ...); None for other checkpoints.
+    hyper_parameters: dict[str, Any] | None = field(default=None)
 
 
 def _corrupt(path: Path, err: Exception) -> DDIMError:
@@ -439,8 +440,15 @@ def _torch_load(path: Path) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        if not (path.suffix == ".ckpt" and zipfile.is_zipfile(path) and "weights only" in str(e).lower()):
+        # Damaged or foreign files also end here (as "weights only load failed"), but they are no zip archive.
+        if not (zipfile.is_zipfile(path) and "weights only" in str(e).lower()):
             raise _corrupt(path, e) from e
+        if path.suffix != ".ckpt":
+            raise DDIMError(
+                f"{path} holds Python objects besides tensors, which torch.load(weights_only=True) refuses "
+                "because unpickling them can run code. If you trust the file, save the model's state dict "
+                "alone (torch.save(state_dict, 'weights.pt')) and pass that file."
+            ) from e
     except Exception as e:  # noqa: BLE001 - torch raises RuntimeError/EOFError/... for damaged files
         raise _corrupt(path, e) from e
     try:
