@@ -38,6 +38,16 @@ TINY_SCHEDULE = {"kind": "linear", "num_timesteps": 100, "beta_start": 1e-4, "be
 TINY_EXTRACTOR = "fid.feature_extractor={_target_:test_fid.TinyExtractor}"
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny networks on a small shared CPU: one intra-op thread avoids oversubscription stalls that cost
+    far more than the second core gains."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def make_tiny_checkpoint(path: Path, seed: int = 0, net_kwargs: dict | None = None) -> Path:
     """A Lightning-style checkpoint as training writes it: ema_net./net. weights plus hyper-parameters."""
     kwargs = dict(net_kwargs or TINY_NET)
@@ -89,6 +99,7 @@ def make_cfg(overrides: list[str]) -> DictConfig:
 
 def run_cli(args: list[str], cwd: Path = ROOT, timeout: int = 300) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])}
+    env["OMP_NUM_THREADS"] = "1"  # as _one_thread does in-process
     return subprocess.run(
         [sys.executable, str(ROOT / "src" / "eval.py"), *args],
         cwd=cwd,

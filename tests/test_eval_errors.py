@@ -12,6 +12,16 @@ from ddim.errors import DDIMError
 from ddim.evaluation import evaluate
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny networks on a small shared CPU: one intra-op thread avoids oversubscription stalls that cost
+    far more than the second core gains."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def tiny_ckpt(tmp_path_factory):
     return session_checkpoint(tmp_path_factory)

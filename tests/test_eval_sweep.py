@@ -7,12 +7,23 @@ import csv
 import json
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from PIL import Image
 from test_eval import ROOT, TESTS, TINY_EXTRACTOR, base_overrides, make_cfg, run_cli, session_checkpoint
 
 from ddim.evaluation import evaluate
 from ddim.evaluation.tables import TABLE1_FILES, pivot, write_table1
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny networks on a small shared CPU: one intra-op thread avoids oversubscription stalls that cost
+    far more than the second core gains."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")

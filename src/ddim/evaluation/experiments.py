@@ -155,15 +155,17 @@ def progressive_grid(ctx: Context, device: torch.device) -> tuple[torch.Tensor, 
     net = ctx.net.to(device).eval()
     x_T, generators = _noise(ctx, range(int(c.n_samples)), device)
     s = ctx.sampler
+    seq = s.timestep_sequence(ctx.schedule.num_timesteps)
+    every = int(c.every) if c.get("every") else max(1, len(seq) // 10)  # about 11 frames by default
     grid = progressive(
         _eps_fn(net),
         x_T,
-        s.timestep_sequence(ctx.schedule.num_timesteps),
+        seq,
         ctx.schedule,
-        every=int(c.every),
+        every=every,
         eta=float(s.eta),
         variance=s.variance,
         clip_x0=s.clip_x0,
         generator=generators,
     )
-    return grid, {"n_samples": int(c.n_samples), "every": int(c.every), "frames": int(grid.shape[1])}
+    return grid, {"n_samples": int(c.n_samples), "every": every, "frames": int(grid.shape[1])}

@@ -154,7 +154,9 @@ def converted_detector(detector_path: str | Path, cache_dir: str | Path) -> Ince
     tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}")  # ranks may convert at the same time
     torch.save(sd, tmp)
     tmp.replace(target)
-    meta.write_text(json.dumps({"source": str(detector_path), "has_logits": has_logits}))
+    tmp_meta = meta.with_name(f"{meta.name}.tmp-{os.getpid()}")
+    tmp_meta.write_text(json.dumps({"source": str(detector_path), "has_logits": has_logits}))
+    tmp_meta.replace(meta)
     return InceptionWeights(target, "detector", has_logits)
 
 
@@ -220,7 +222,7 @@ def resolve_inception_weights(
                 _missing_message(weights, f" and the download failed ({type(err).__name__})")
             ) from err
         return InceptionWeights(target, "torch_fidelity", True)
-    raise DDIMError(_missing_message(weights, " (downloads are off: fid.download=false)"))
+    raise DDIMError(_missing_message(weights, "" if download else " (downloads are off: fid.download=false)"))
 
 
 def build_inception(weights: InceptionWeights, isc: bool = False) -> torch.nn.Module:

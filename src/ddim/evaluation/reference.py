@@ -51,7 +51,7 @@ def data_key(data_cfg: dict[str, Any], limit: int | None) -> str:
 
 
 def write_reference_images(
-    train_set: Dataset, root: Path, limit: int | None, shard_size: int = 5000
+    train_set: Dataset, root: Path, limit: int | None, shard_size: int = 5000, num_workers: int = 0
 ) -> ShardPlan:
     """Training images (float [-1, 1]) -> uint8 PNG shards, skipping shards already written."""
     n = len(train_set)  # type: ignore[arg-type]
@@ -64,7 +64,8 @@ def write_reference_images(
         if shard_complete(root, shard, plan):
             continue
         idx = plan.indices(shard)
-        loader = DataLoader(torch.utils.data.Subset(train_set, list(idx)), batch_size=500, shuffle=False)
+        subset = torch.utils.data.Subset(train_set, list(idx))
+        loader = DataLoader(subset, batch_size=500, shuffle=False, num_workers=num_workers)
         images = torch.cat([to_uint8(b[0] if isinstance(b, (list, tuple)) else b) for b in loader])
         write_shard(root, shard, images, idx, plan.name_width)
     return plan
@@ -123,7 +124,7 @@ def reference_statistics(
             train_set = datamodule.train_set
         except FileNotFoundError as err:  # the data module's message says where the files go
             raise DDIMError(f"FID reference statistics need the training data: {err}") from err
-        plan = write_reference_images(train_set, folder / "images", limit)
+        plan = write_reference_images(train_set, folder / "images", limit, num_workers=num_workers)
         (folder / "data.json").write_text(json.dumps(data_cfg, indent=2, default=str))
         images = ShardImages(folder / "images", plan)
         desc = f"training set of {data_cfg.get('_target_')}"
