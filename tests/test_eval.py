@@ -18,6 +18,8 @@ from PIL import Image
 from ddim.evaluation import evaluate
 from ddim.evaluation.generation import SampleWriter
 from ddim.evaluation.shards import ShardPlan, read_images
+from ddim.images import upscale_factor
+from ddim.io import TEMP_SUFFIX, temporary_name
 from ddim.nets.unet import UNet
 from ddim.samplers import initial_noise, per_sample_generators, reconstruct, sample
 from ddim.schedule import Schedule
@@ -211,13 +213,13 @@ def test_interrupted_generation_resumes_to_the_same_files(tiny_ckpt, tmp_path, m
 
     monkeypatch.setattr(SampleWriter, "generate", original)
     # Also: a temp folder left by a killed writer, and a shard that lost a file.
-    stale = samples / ".tmp-shard_00002-99999-deadbeef"
+    stale = temporary_name(samples / "shard_00002")
     stale.mkdir()
     (stale / "000008.png").write_bytes(b"half")
     record = evaluate(make_cfg(overrides))
     assert record["generated"] == 8  # shards 1 and 2 only
     assert png_bytes(samples) == reference
-    assert not list(samples.glob(".tmp-*"))
+    assert not list(samples.glob(f"*{TEMP_SUFFIX}"))
 
     (samples / "shard_00001" / "000005.png").unlink()
     record = evaluate(make_cfg(overrides))
@@ -311,7 +313,8 @@ def test_reconstruction_task_writes_table2(tiny_ckpt, tmp_path):
         expected = ((rec.clamp(-1, 1) - x0) / 2).pow(2).mean().item()
         assert record["mse"][str(steps)] == pytest.approx(expected, rel=1e-5)
     # Figure rows: original, S=2, S=5; 5 columns of 8x8 images with 2-pixel padding.
-    assert Image.open(out / "reconstruction.png").size == (5 * 10 + 2, 3 * 10 + 2)
+    k = upscale_factor(5 * 10 + 2)  # small grids are enlarged k times (nearest neighbour)
+    assert Image.open(out / "reconstruction.png").size == (k * (5 * 10 + 2), k * (3 * 10 + 2))
 
 
 @pytest.mark.parametrize(
@@ -327,7 +330,8 @@ def test_visual_tasks_write_their_figure(tiny_ckpt, tmp_path, task, extra, rows,
     record = evaluate(make_cfg([*base_overrides(tiny_ckpt, out), f"task={task}", *extra]))
     figure = out / f"{task}.png"
     assert record["figure"] == str(figure)
-    assert Image.open(figure).size == (cols * 10 + 2, rows * 10 + 2)
+    k = upscale_factor(cols * 10 + 2)
+    assert Image.open(figure).size == (k * (cols * 10 + 2), k * (rows * 10 + 2))
     assert json.loads((out / "metrics.json").read_text())["task"] == task
 
 

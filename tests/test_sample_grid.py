@@ -14,6 +14,7 @@ from pytorch_lightning.loggers import CSVLogger, Logger
 from torch.utils.data import DataLoader
 
 from ddim.callbacks import SampleGrid
+from ddim.images import upscale_factor
 from ddim.samplers import SamplerConfig, initial_noise, per_sample_generators
 from ddim.schedule import Schedule
 
@@ -103,7 +104,9 @@ def test_grid_written_every_n_steps_and_at_the_end_and_sent_to_image_loggers(tmp
         expected = SamplerConfig(**sampler).run(lambda x, t: module.ema_net(x), x_T, module.schedule, gens)
     expected_pixels = ((expected.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
     pixels = np.asarray(Image.open(samples / "step_0000005.png"))
-    assert pixels.shape == (2 * 10 + 2, 2 * 10 + 2)  # 2x2 grid of 8x8 images, 2 px padding, grayscale
+    k = upscale_factor(2 * 10 + 2)  # the grid is enlarged with nearest neighbour to be seen: k x k blocks
+    assert pixels.shape == (k * (2 * 10 + 2), k * (2 * 10 + 2))  # 2x2 grid of 8x8, 2 px padding, grayscale
+    pixels = pixels[::k, ::k]
     assert np.array_equal(pixels[12:20, 2:10], expected_pixels[2, 0].numpy())
 
 

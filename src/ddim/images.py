@@ -1,27 +1,16 @@
-"""Turning model-space images ([-1, 1] floats) into uint8 pixels and PNG grids.
-
-The quantisation lives here once so that sample grids, written sample files and metrics all see the same pixels.
-"""
+"""Image grids: many model-space images ([-1, 1] floats, or uint8) laid out as one PNG a person can look at."""
 
 from __future__ import annotations
 
 import math
 import os
-import tempfile
 from pathlib import Path
 
 import torch
-from PIL import Image
 
+from ddim.io import save_image, to_uint8
 
-def to_uint8(x: torch.Tensor) -> torch.Tensor:
-    """round((clamp(x, -1, 1) + 1) * 127.5) as uint8, the same map for generated and real images."""
-    if x.dtype == torch.uint8:
-        return x
-    x = x.detach()
-    if x.dtype != torch.float64:
-        x = x.to(torch.float32)
-    return ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+MIN_GRID_WIDTH = 512  # pixels; smaller grids (8x8 digits) are upscaled so they can be seen without zooming
 
 
 def make_grid(images: torch.Tensor, nrow: int | None = None, padding: int = 2) -> torch.Tensor:
@@ -52,22 +41,25 @@ def make_grid(images: torch.Tensor, nrow: int | None = None, padding: int = 2) -
     return grid
 
 
+def upscale_factor(width: int, min_width: int = MIN_GRID_WIDTH) -> int:
+    """The smallest integer factor that makes `width` at least `min_width` (1 if it already is)."""
+    return max(1, math.ceil(min_width / width))
+
+
 def save_grid(
-    images: torch.Tensor, path: str | os.PathLike, nrow: int | None = None, padding: int = 2
+    images: torch.Tensor,
+    path: str | os.PathLike,
+    nrow: int | None = None,
+    padding: int = 2,
+    min_width: int = MIN_GRID_WIDTH,
 ) -> Path:
-    """Write a PNG grid of `images` (see make_grid) atomically: a reader never sees a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write a PNG grid of `images` (see make_grid) atomically.
+
+    A grid narrower than min_width pixels is enlarged by an integer factor with nearest-neighbour sampling,
+    so every pixel becomes a k x k block: nothing is interpolated and the values stay exact.
+    """
     grid = make_grid(images, nrow=nrow, padding=padding)
-    array = grid.permute(1, 2, 0).numpy()
-    image = Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".png.tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            image.save(f, format="PNG")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    return path
+    k = upscale_factor(grid.shape[-1], min_width)
+    if k > 1:
+        grid = grid.repeat_interleave(k, dim=-2).repeat_interleave(k, dim=-1)
+    return save_image(grid, path)

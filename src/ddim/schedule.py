@@ -10,7 +10,13 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ddim.errors import DDIMError
+
 SKIP_TYPES = ("uniform", "quadratic")
+
+
+class ScheduleError(DDIMError, ValueError):
+    """A noise schedule or timestep sequence setting is out of range; the message names the setting and the fix."""
 
 
 def make_betas(
@@ -18,7 +24,7 @@ def make_betas(
 ) -> torch.Tensor:
     """beta_1..beta_T as float64. "linear" is DDPM's schedule; "cosine" is Nichol & Dhariwal's (an option)."""
     if num_timesteps < 1:
-        raise ValueError(f"num_timesteps must be >= 1, got {num_timesteps}.")
+        raise ScheduleError(f"num_timesteps must be >= 1, got {num_timesteps}.")
     if kind == "linear":
         return torch.linspace(beta_start, beta_end, num_timesteps, dtype=torch.float64)
     if kind == "cosine":
@@ -26,7 +32,7 @@ def make_betas(
         steps = torch.arange(num_timesteps + 1, dtype=torch.float64) / num_timesteps
         f = torch.cos((steps + s) / (1 + s) * math.pi / 2) ** 2
         return (1 - f[1:] / f[:-1]).clamp(max=0.999)
-    raise ValueError(f"Unknown beta schedule {kind!r}; choose 'linear' or 'cosine'.")
+    raise ScheduleError(f"Unknown beta schedule {kind!r}; choose 'linear' or 'cosine'.")
 
 
 @dataclass(frozen=True, eq=False)
@@ -39,7 +45,7 @@ class Schedule:
     def __post_init__(self) -> None:
         betas = self.betas.to(torch.float64)
         if betas.ndim != 1 or not bool(((betas > 0) & (betas < 1)).all()):
-            raise ValueError("betas must be a 1-D tensor with values in (0, 1).")
+            raise ScheduleError("betas must be a 1-D tensor with values in (0, 1).")
         object.__setattr__(self, "betas", betas)
         object.__setattr__(self, "alphas_cumprod", torch.cumprod(1.0 - betas, dim=0))
 
@@ -79,14 +85,16 @@ def timestep_sequence(
     if custom is not None:
         seq = torch.as_tensor(list(custom), dtype=torch.int64)
         if seq.ndim != 1 or seq.numel() == 0:
-            raise ValueError("A custom timestep sequence must be a non-empty list of integers.")
+            raise ScheduleError("A custom timestep sequence must be a non-empty list of integers.")
         if int(seq.min()) < 0 or int(seq.max()) >= num_timesteps:
-            raise ValueError(f"Custom timesteps must lie in [0, {num_timesteps - 1}], got {seq.tolist()}.")
+            raise ScheduleError(f"Custom timesteps must lie in [0, {num_timesteps - 1}], got {seq.tolist()}.")
         if bool((seq[1:] < seq[:-1]).any()):
-            raise ValueError("Custom timesteps must be given in increasing order, e.g. [0, 250, 500, 750].")
+            raise ScheduleError(
+                "Custom timesteps must be given in increasing order, e.g. [0, 250, 500, 750]."
+            )
         return seq
     if steps is None or int(steps) != steps or steps < 1 or steps > num_timesteps:
-        raise ValueError(
+        raise ScheduleError(
             f"sampler.steps must be an integer in [1, {num_timesteps}] (the number of diffusion steps T), "
             f"got {steps}."
         )
@@ -99,4 +107,6 @@ def timestep_sequence(
         # Float64 like numpy's linspace in the reference implementation, then truncate.
         grid = torch.linspace(0, math.sqrt(0.8 * num_timesteps), steps, dtype=torch.float64) ** 2
         return grid.to(torch.int64)
-    raise ValueError(f"Unknown sampler.skip_type {skip_type!r}; choose one of {SKIP_TYPES} or pass custom timesteps.")
+    raise ScheduleError(
+        f"Unknown sampler.skip_type {skip_type!r}; choose one of {SKIP_TYPES} or pass custom timesteps."
+    )

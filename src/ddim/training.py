@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import time
 import zipfile
 from pathlib import Path
@@ -15,6 +13,7 @@ import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
 
 from ddim.errors import DDIMError
+from ddim.io import write_json
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +95,5 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         resumed_from=resume_from,
     )
     if trainer.is_global_zero:
-        tmp = output_dir / "metrics.json.tmp"
-        tmp.write_text(json.dumps(metrics, indent=2))
-        os.replace(tmp, output_dir / "metrics.json")
+        write_json(output_dir / "metrics.json", metrics)
     return metrics

@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from ddim.errors import DDIMError
+from ddim.io import atomic_write
 
 FID_LAYER = "2048"
 IS_LAYER = "logits_unbiased"
@@ -92,9 +93,8 @@ class Statistics:
         arrays = {"mu": self.mu.numpy(), "sigma": self.sigma.numpy(), "n": np.array(self.n)}
         if self.features is not None:
             arrays["features"] = self.features.numpy()
-        tmp = path.with_name(path.name + ".tmp.npz")
-        np.savez(tmp, **arrays)
-        tmp.replace(path)
+        with atomic_write(path) as f:
+            np.savez(f, **arrays)
 
     @classmethod
     def load(cls, path: str | Path) -> Statistics:

@@ -25,7 +25,7 @@ from ddim.evaluation.shards import (
     shard_complete,
     write_shard,
 )
-from ddim.images import to_uint8
+from ddim.io import to_uint8
 from ddim.samplers import SamplerConfig, initial_noise, per_sample_generators
 from ddim.schedule import Schedule
 

@@ -16,7 +16,6 @@ import hashlib
 import importlib.util
 import json
 import logging
-import os
 import tempfile
 import warnings
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ from typing import Any
 import torch
 
 from ddim.errors import DDIMError
+from ddim.io import save_tensors, write_json
 
 log = logging.getLogger(__name__)
 
@@ -150,13 +150,9 @@ def converted_detector(detector_path: str | Path, cache_dir: str | Path) -> Ince
         f"Converting the Inception detector {detector_path} to torch-fidelity's format (once) -> {target}"
     )
     sd, has_logits = convert_detector(detector_path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}")  # ranks may convert at the same time
-    torch.save(sd, tmp)
-    tmp.replace(target)
-    tmp_meta = meta.with_name(f"{meta.name}.tmp-{os.getpid()}")
-    tmp_meta.write_text(json.dumps({"source": str(detector_path), "has_logits": has_logits}))
-    tmp_meta.replace(meta)
+    # Ranks may convert at the same time: each writes its own temporary, the last rename wins (same bytes).
+    save_tensors(sd, target)
+    write_json(meta, {"source": str(detector_path), "has_logits": has_logits})
     return InceptionWeights(target, "detector", has_logits)
 
 

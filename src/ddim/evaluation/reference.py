@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader, Dataset
 from ddim.errors import DDIMError
 from ddim.evaluation.fid import Statistics, extract_features
 from ddim.evaluation.shards import ShardImages, ShardPlan, shard_complete, write_shard
-from ddim.images import to_uint8
+from ddim.io import to_uint8, write_json
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +125,7 @@ def reference_statistics(
         except FileNotFoundError as err:  # the data module's message says where the files go
             raise DDIMError(f"FID reference statistics need the training data: {err}") from err
         plan = write_reference_images(train_set, folder / "images", limit, num_workers=num_workers)
-        (folder / "data.json").write_text(json.dumps(data_cfg, indent=2, default=str))
+        write_json(folder / "data.json", data_cfg)
         images = ShardImages(folder / "images", plan)
         desc = f"training set of {data_cfg.get('_target_')}"
     log.info(f"Computing reference statistics once ({len(images)} images, {desc}) -> {stats_path}")

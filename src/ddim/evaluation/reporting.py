@@ -3,24 +3,12 @@
 from __future__ import annotations
 
 import csv
-import json
 import logging
-import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 log = logging.getLogger(__name__)
-
-
-def write_json(path: str | Path, data: Mapping[str, Any]) -> Path:
-    """Atomic JSON write (temp + rename): a crash never leaves a truncated metrics file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
-    return path
 
 
 def _numeric(metrics: Mapping[str, Any]) -> dict[str, float]:

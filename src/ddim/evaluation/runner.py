@@ -24,10 +24,11 @@ from ddim.evaluation.fid import FID_LAYER, IS_LAYER, Statistics, compute_metrics
 from ddim.evaluation.generation import generate_samples
 from ddim.evaluation.inception import build_inception, resolve_inception_weights
 from ddim.evaluation.reference import reference_statistics
-from ddim.evaluation.reporting import report, write_json
+from ddim.evaluation.reporting import report
 from ddim.evaluation.shards import ShardImages, ShardPlan, read_images
 from ddim.evaluation.tables import paper_key, write_table1
 from ddim.images import save_grid
+from ddim.io import write_json
 from ddim.samplers import SamplerConfig
 from ddim.schedule import Schedule
 

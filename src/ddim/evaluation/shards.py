@@ -14,23 +14,19 @@ read exactly these files, the same ones a person can open.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import Dataset
 
 from ddim.errors import DDIMError
+from ddim.io import atomic_directory, read_image, to_pil, write_json
+from ddim.io import remove_stale_temporaries as remove_temporaries
 
 SHARD_PREFIX = "shard_"
-TMP_PREFIX = ".tmp-"
 MANIFEST = "manifest.json"
 # The fields that decide every pixel; n_samples is not one of them (more samples extend the same set).
 IDENTITY_KEYS = ("checkpoint", "sampler", "seed", "shard_size", "image_shape", "schedule")
@@ -92,13 +88,6 @@ def shard_complete(root: str | Path, shard: int, plan: ShardPlan) -> bool:
     return all(image_name(i, plan.name_width) in names for i in plan.indices(shard))
 
 
-def _to_pil(image: np.ndarray) -> Image.Image:
-    # (C, H, W) uint8 -> PIL: gray for 1 channel, RGB for 3.
-    if image.shape[0] == 1:
-        return Image.fromarray(image[0], mode="L")
-    return Image.fromarray(np.ascontiguousarray(image.transpose(1, 2, 0)), mode="RGB")
-
-
 def write_shard(
     root: str | Path, shard: int, images: torch.Tensor, indices: Sequence[int], width: int = 6
 ) -> Path:
@@ -109,34 +98,18 @@ def write_shard(
         )
     if images.shape[0] != len(indices):
         raise ValueError(f"{images.shape[0]} images for {len(indices)} indices.")
-    root = Path(root)
-    final = shard_dir(root, shard)
-    tmp = root / f"{TMP_PREFIX}{final.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir(parents=True)
-    try:
-        arrays = images.cpu().numpy()
-        for image, index in zip(arrays, indices, strict=True):
+    final = shard_dir(Path(root), shard)
+    with atomic_directory(final) as tmp:
+        for image, index in zip(images.cpu(), indices, strict=True):
             # compress_level 1: PNG stays lossless; higher levels only cost time for tiny images.
-            _to_pil(image).save(tmp / image_name(int(index), width), compress_level=1)
-        if final.exists():  # a previous, incomplete-looking shard (files deleted by hand): replace it
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+            to_pil(image).save(tmp / image_name(int(index), width), compress_level=1)
     return final
 
 
 def remove_stale_temporaries(root: str | Path, shards: Sequence[int]) -> None:
     """Remove temporary folders an interrupted run left for these shards (only the caller's own shards, so
     processes never delete each other's work in progress)."""
-    root = Path(root)
-    if not root.is_dir():
-        return
-    names = {shard_dir(root, s).name for s in shards}
-    for path in root.iterdir():
-        if path.name.startswith(TMP_PREFIX) and path.name[len(TMP_PREFIX) :].split("-")[0] in names:
-            shutil.rmtree(path, ignore_errors=True)
+    remove_temporaries(root, targets={shard_dir(Path(root), s).name for s in shards})
 
 
 def check_manifest(root: str | Path, identity: dict[str, Any]) -> None:
@@ -156,10 +129,7 @@ def check_manifest(root: str | Path, identity: dict[str, Any]) -> None:
                 "is inside each new run directory) or delete that folder."
             )
         return
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(identity, indent=2))
-    os.replace(tmp, path)
+    write_json(path, identity)
 
 
 class ShardImages(Dataset):
@@ -177,11 +147,7 @@ class ShardImages(Dataset):
         return len(self.files)
 
     def __getitem__(self, i: int) -> torch.Tensor:
-        with Image.open(self.files[i]) as img:
-            arr = np.asarray(img, dtype=np.uint8)
-        if arr.ndim == 2:
-            arr = arr[:, :, None]
-        return torch.from_numpy(arr.copy()).permute(2, 0, 1)
+        return read_image(self.files[i])
 
 
 def read_images(root: str | Path, plan: ShardPlan, limit: int | None = None) -> torch.Tensor:

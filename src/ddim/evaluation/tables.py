@@ -17,6 +17,8 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from ddim.io import atomic_write, write_text
+
 log = logging.getLogger(__name__)
 
 # DDIM paper, Table 1 (FID, 50k samples, training-set statistics) and Table 2 (CIFAR10 test, MSE on [0, 1]).
@@ -81,7 +83,7 @@ def markdown_table(
 
 
 def write_csv_table(path: Path, rows: Sequence[str], cols: Sequence[int], cells: dict) -> None:
-    with open(path, "w", newline="") as f:
+    with atomic_write(path, "w") as f:
         w = csv.writer(f)
         w.writerow(["row", *[f"S={c}" for c in cols]])
         for r in rows:
@@ -93,7 +95,7 @@ def write_records_csv(path: Path, records: Sequence[dict[str, Any]]) -> None:
     keys: list[str] = []
     for r in records:
         keys += [k for k, v in r.items() if k not in keys and not isinstance(v, (dict, list))]
-    with open(path, "w", newline="") as f:
+    with atomic_write(path, "w") as f:
         w = csv.DictWriter(f, fieldnames=keys, extrasaction="ignore")
         w.writeheader()
         for r in records:
@@ -125,10 +127,9 @@ def plot_fid_vs_steps(
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=120)
+    with atomic_write(path) as f:
+        fig.savefig(f, format="png", dpi=120)
     plt.close(fig)
-    tmp.replace(path)
 
 
 def paper_key(data_target: str | None) -> str | None:
@@ -164,7 +165,7 @@ def write_table1(
             list(ref), cols, ref_cells, "paper"
         )
     paths = {name: out_dir / name for name in TABLE1_FILES}
-    paths["table1.md"].write_text(md)
+    write_text(paths["table1.md"], md)
     write_csv_table(paths["table1.csv"], rows, cols, cells)
     write_records_csv(paths["results.csv"], records)
     plot_fid_vs_steps(paths["fid_vs_steps.png"], rows, cols, cells, value)
@@ -181,7 +182,7 @@ def write_table2(results: dict[int, float], out_dir: str | Path, n_images: int) 
     rows = ["ours", "paper (CIFAR10)"] if any(c in PAPER_TABLE2 for c in cols) else ["ours"]
     md = markdown_table(rows, cols, cells, f"MSE on [0,1], {n_images} test images", digits=4)
     paths = {"table2.md": out_dir / "table2.md", "table2.csv": out_dir / "table2.csv"}
-    paths["table2.md"].write_text(md)
+    write_text(paths["table2.md"], md)
     write_csv_table(paths["table2.csv"], rows, cols, cells)
     log.info("Table 2:\n" + md)
     return paths

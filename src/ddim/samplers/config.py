@@ -40,7 +40,7 @@ class SamplerConfig:
             self.eta = float(self.eta)  # `sampler.eta=0` arrives as an int
 
     def validate(self, num_timesteps: int) -> SamplerConfig:
-        """Raise one clear SamplerError (a ValueError) for any bad field; returns self."""
+        """Raise one clear SamplerError or ScheduleError (both DDIMError, ValueError) for any bad field; returns self."""
         check_eta(self.eta)
         check_variance(self.variance)
         if not isinstance(self.clip_x0, bool):
@@ -55,10 +55,7 @@ class SamplerConfig:
 
     def timestep_sequence(self, num_timesteps: int) -> torch.Tensor:
         """The increasing sub-sequence tau this config visits (in reverse)."""
-        try:
-            return timestep_sequence(self.steps, self.skip_type, num_timesteps, self.timesteps)
-        except ValueError as err:
-            raise SamplerError(str(err)) from err
+        return timestep_sequence(self.steps, self.skip_type, num_timesteps, self.timesteps)
 
     def nfe(self, num_timesteps: int) -> int:
         """Network evaluations per sample (equals S; quadratic sequences may repeat timesteps)."""

@@ -178,12 +178,7 @@ def _sequence(timesteps: torch.Tensor | Sequence[int], schedule: Schedule) -> li
     """The validated increasing sub-sequence as Python ints (one source of truth: timestep_sequence)."""
     if isinstance(timesteps, torch.Tensor):
         timesteps = timesteps.reshape(-1).tolist()
-    try:
-        return timestep_sequence(custom=list(timesteps), num_timesteps=schedule.num_timesteps).tolist()
-    except SamplerError:
-        raise
-    except ValueError as err:
-        raise SamplerError(str(err)) from err
+    return timestep_sequence(custom=list(timesteps), num_timesteps=schedule.num_timesteps).tolist()
 
 
 def _pairs(timesteps: torch.Tensor | Sequence[int], schedule: Schedule) -> list[tuple[int, float, float]]:
