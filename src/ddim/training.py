@@ -13,20 +13,10 @@ import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
 
 from ddim.errors import DDIMError
+from ddim.hydra_utils import instantiate_group
 from ddim.io import write_json
 
 log = logging.getLogger(__name__)
-
-
-def instantiate_group(group: DictConfig | None) -> list[Any]:
-    """Instantiate every entry of a config group holding name -> {_target_: ...} (callbacks, loggers)."""
-    if not group:
-        return []
-    return [
-        hydra.utils.instantiate(conf, _convert_="all")
-        for conf in group.values()
-        if conf and "_target_" in conf
-    ]
 
 
 def resolve_resume_path(ckpt_path: str | None, output_dir: Path) -> str | None:

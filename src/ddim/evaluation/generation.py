@@ -32,7 +32,7 @@ from ddim.schedule import Schedule
 log = logging.getLogger(__name__)
 
 
-class _Chunks(Dataset):
+class Chunks(Dataset):
     """Predict items: (shard, first index, last index + 1) for the batches one rank still has to make."""
 
     def __init__(self, chunks: list[tuple[int, int, int]]) -> None:
@@ -90,7 +90,7 @@ class SampleWriter(pl.LightningModule):
         rank, world = self.trainer.global_rank, self.trainer.world_size
         chunks = pending_chunks(self.out_dir, self.plan, self.batch_size, rank, world)
         # batch_size=None: each item already is one batch description; no collation.
-        return DataLoader(_Chunks(chunks), batch_size=None, shuffle=False, num_workers=0)
+        return DataLoader(Chunks(chunks), batch_size=None, shuffle=False, num_workers=0)
 
     def on_predict_start(self) -> None:
         self.loop_started = time.perf_counter()

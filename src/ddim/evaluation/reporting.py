@@ -5,10 +5,21 @@ from __future__ import annotations
 import csv
 import logging
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TaskResult:
+    """What a task measured (metrics.json) and what it made for the loggers (figures, CSV tables)."""
+
+    record: dict[str, Any]
+    images: dict[str, Path] = field(default_factory=dict)
+    tables: dict[str, Path] = field(default_factory=dict)
+    numbers: dict[str, float] = field(default_factory=dict)  # extra scalars for the loggers only
 
 
 def _numeric(metrics: Mapping[str, Any]) -> dict[str, float]:

@@ -1,7 +1,7 @@
 """Generalized (DDIM) samplers: stateless functions of (eps_fn, x_T, timestep sequence, schedule, eta, generator)."""
 
 from ddim.samplers.config import SamplerConfig
-from ddim.samplers.experiments import consistency, interpolate, progressive, slerp
+from ddim.samplers.figures import consistency, interpolate, progressive, slerp
 from ddim.samplers.generalized import (
     VARIANCES,
     SamplerError,

@@ -1,4 +1,5 @@
-"""The DDIM/DDPM sampling experiments, built on the same sampler loop: interpolation, consistency, progressive x0.
+"""The papers' figures built on the sampler loop: latent interpolation (DDIM Fig. 6), consistency over S
+(DDIM Fig. 5) and progressive x0_hat (DDPM Fig. 6).
 
 Each returns a (rows, cols, C, H, W) tensor, rows = samples and cols = the varied quantity, which
 `ddim.images.save_grid` lays out as given.

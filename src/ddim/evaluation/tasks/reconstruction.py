@@ -1,35 +1,32 @@
-"""The DDIM/DDPM experiments besides FID, as figure/table producers on top of ddim.samplers.
+"""task=reconstruction (DDIM Table 2): encode test images to x_T with S deterministic steps (eta = 0 run
+forward), decode with the same S, and report the per-dimension MSE on the [0, 1] scale for every S.
 
-Reconstruction (Table 2) runs through trainer.predict so the test set is split over all devices; the
-visual experiments are small and run in one process. The sampler math is only called, never rewritten.
+Runs through trainer.predict so the test set is split over all devices; sums are all-reduced at the end.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+import dataclasses
+import time
+from collections.abc import Sequence
+from typing import Any
 
 import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from ddim.evaluation.generation import _Chunks
-from ddim.samplers import (
-    consistency,
-    initial_noise,
-    interpolate,
-    per_sample_generators,
-    progressive,
-    reconstruct,
-)
+from ddim.errors import DDIMError
+from ddim.evaluation.context import EvalContext
+from ddim.evaluation.generation import Chunks
+from ddim.evaluation.reporting import TaskResult
+from ddim.evaluation.tables import write_table2
+from ddim.images import save_grid
+from ddim.samplers import reconstruct
 from ddim.schedule import Schedule
-
-if TYPE_CHECKING:
-    from ddim.evaluation.runner import Context
 
 
 class _Reconstruction(pl.LightningModule):
-    """Per batch of test images: encode with S steps (eta = 0 run forward), decode, accumulate squared error
-    on the [0, 1] pixel scale for every S; sums are all-reduced over ranks at the end."""
+    """Per batch of test images: encode, decode and accumulate the squared error for every S."""
 
     def __init__(
         self,
@@ -59,7 +56,7 @@ class _Reconstruction(pl.LightningModule):
             (b, s, min(s + self.batch_size, self.n_images))
             for b, s in enumerate(range(0, self.n_images, self.batch_size))
         ]
-        return DataLoader(_Chunks([c for c in batches if c[0] % world == rank]), batch_size=None)
+        return DataLoader(Chunks([c for c in batches if c[0] % world == rank]), batch_size=None)
 
     def eps_fn(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         return self.net(x, t)
@@ -111,61 +108,57 @@ def reconstruction_mse(
     return mse, figure
 
 
-def _eps_fn(net: torch.nn.Module) -> Any:
-    def eps(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return net(x, t)
-
-    return eps
-
-
-def _noise(ctx: Context, indices: range, device: torch.device) -> tuple[torch.Tensor, list[torch.Generator]]:
-    generators = per_sample_generators(int(ctx.cfg.seed), indices)
-    return initial_noise((len(indices), *ctx.image_shape), generators, device=device), generators
-
-
-@torch.inference_mode()
-def interpolation_grid(ctx: Context, device: torch.device) -> tuple[torch.Tensor, dict[str, Any]]:
-    """Rows: pairs of latents (samples 2k, 2k+1 of the seed); columns: slerp weights 0..1, decoded with eta=0."""
-    c = ctx.cfg.interpolation
-    n_pairs, n_points = int(c.n_pairs), int(c.n_points)
-    net = ctx.net.to(device).eval()
-    z, _ = _noise(ctx, range(2 * n_pairs), device)
-    seq = ctx.sampler.timestep_sequence(ctx.schedule.num_timesteps)
-    grid = interpolate(
-        _eps_fn(net), z[0::2], z[1::2], n_points, seq, ctx.schedule, batch_size=int(ctx.cfg.batch_size)
-    )
-    return grid, {"n_pairs": n_pairs, "n_points": n_points, "note": "eta=0 decoding of slerp(z0, z1, alpha)"}
-
-
-@torch.inference_mode()
-def consistency_grid(ctx: Context, device: torch.device) -> tuple[torch.Tensor, dict[str, Any]]:
-    """Rows: samples; columns: the same x_T decoded with each S (eta = 0)."""
-    c = ctx.cfg.consistency
-    net = ctx.net.to(device).eval()
-    x_T, _ = _noise(ctx, range(int(c.n_samples)), device)
-    steps = [int(s) for s in c.steps]
-    grid = consistency(_eps_fn(net), x_T, steps, ctx.sampler.skip_type, ctx.schedule)
-    return grid, {"n_samples": int(c.n_samples), "steps_list": steps}
-
-
-@torch.inference_mode()
-def progressive_grid(ctx: Context, device: torch.device) -> tuple[torch.Tensor, dict[str, Any]]:
-    """Rows: samples; columns: x0_hat along one chain of the configured sampler, every `every` steps."""
-    c = ctx.cfg.progressive
-    net = ctx.net.to(device).eval()
-    x_T, generators = _noise(ctx, range(int(c.n_samples)), device)
-    s = ctx.sampler
-    seq = s.timestep_sequence(ctx.schedule.num_timesteps)
-    every = int(c.every) if c.get("every") else max(1, len(seq) // 10)  # about 11 frames by default
-    grid = progressive(
-        _eps_fn(net),
-        x_T,
-        seq,
+def run(
+    ctx: EvalContext,
+    *,
+    steps: Sequence[int],
+    n_images: int | None,
+    batch_size: int | None,
+    n_show: int,
+) -> TaskResult | None:
+    """n_images: null = the whole test set; batch_size: null = the run's batch_size."""
+    T = ctx.schedule.num_timesteps
+    sequences = {
+        int(s): dataclasses.replace(ctx.sampler, steps=int(s), timesteps=None)
+        .validate(T)
+        .timestep_sequence(T)
+        for s in steps
+    }
+    dm = ctx.make_datamodule()
+    try:
+        test_set = dm.test_set
+    except FileNotFoundError as err:
+        raise DDIMError(f"The reconstruction task needs the test set: {err}") from err
+    n = len(test_set) if n_images is None else min(int(n_images), len(test_set))
+    trainer = ctx.make_trainer()
+    t0 = time.perf_counter()
+    mse, examples = reconstruction_mse(
+        trainer,
+        ctx.net,
         ctx.schedule,
-        every=every,
-        eta=float(s.eta),
-        variance=s.variance,
-        clip_x0=s.clip_x0,
-        generator=generators,
+        sequences,
+        test_set,
+        n,
+        int(batch_size or ctx.generation.batch_size),
+        int(n_show),
     )
-    return grid, {"n_samples": int(c.n_samples), "every": every, "frames": int(grid.shape[1])}
+    if not trainer.is_global_zero:
+        return None
+    paths = write_table2(mse, ctx.output_dir, n)
+    figure = save_grid(examples, ctx.output_dir / "reconstruction.png")
+    record = {
+        "task": "reconstruction",
+        "checkpoint": ctx.checkpoint,
+        "n_images": n,
+        "skip_type": ctx.sampler.skip_type,
+        "mse": {str(s): v for s, v in mse.items()},
+        "rows_of_figure": ["original"] + [f"S={s}" for s in sequences],
+        "wall_time_s": round(time.perf_counter() - t0, 3),
+        "table": {k: str(v) for k, v in paths.items()},
+    }
+    return TaskResult(
+        record,
+        images={"reconstruction": figure},
+        tables={"table2": paths["table2.csv"]},
+        numbers={f"mse_S{s}": v for s, v in mse.items()},
+    )

@@ -1,0 +1,22 @@
+"""task=consistency (DDIM Fig. 5): the same x_T decoded with each S (eta = 0); high-level features agree."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+import torch
+
+from ddim.evaluation.context import EvalContext
+from ddim.evaluation.reporting import TaskResult
+from ddim.evaluation.tasks._figure import figure_result, latents, network
+from ddim.samplers import consistency
+
+
+@torch.inference_mode()
+def run(ctx: EvalContext, *, n_samples: int, steps: Sequence[int]) -> TaskResult:
+    t0 = time.perf_counter()
+    x_T, _ = latents(ctx, int(n_samples))
+    steps = [int(s) for s in steps]
+    grid = consistency(network(ctx), x_T, steps, ctx.sampler.skip_type, ctx.schedule)
+    return figure_result(ctx, "consistency", grid, {"n_samples": int(n_samples), "steps_list": steps}, t0)
