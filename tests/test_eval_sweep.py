@@ -7,28 +7,10 @@ import csv
 import json
 
 import pytest
-import torch
-from hydra import compose, initialize_config_dir
 from PIL import Image
-from test_eval import ROOT, TESTS, TINY_EXTRACTOR, base_overrides, make_cfg, run_cli, session_checkpoint
 
 from ddim.evaluation import evaluate
 from ddim.evaluation.tables import TABLE1_FILES, pivot, write_table1
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny networks on a small shared CPU: one intra-op thread avoids oversubscription stalls that cost
-    far more than the second core gains."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="session")
-def tiny_ckpt(tmp_path_factory):
-    return session_checkpoint(tmp_path_factory)
 
 
 def _table(path) -> dict[str, dict[str, str]]:
@@ -37,18 +19,19 @@ def _table(path) -> dict[str, dict[str, str]]:
     return {r["row"]: r for r in rows}
 
 
-def test_single_job_grid_writes_table1_and_plot(tiny_ckpt, tmp_path, monkeypatch):
-    monkeypatch.syspath_prepend(str(TESTS))
+def test_single_job_grid_writes_table1_and_plot(
+    tiny_ckpt, tmp_path, eval_cfg, eval_overrides, tiny_extractor_override
+):
     out = tmp_path / "grid"
     overrides = [
-        *base_overrides(tiny_ckpt, out),
-        TINY_EXTRACTOR,
+        *eval_overrides(tiny_ckpt, out),
+        tiny_extractor_override,
         "n_samples=6",
         "shard_size=3",
         "batch_size=3",
     ]
     summary = evaluate(
-        make_cfg([*overrides, "task=sweep", "sweep.etas=[0,1]", "sweep.steps=[2,3]", "sweep.sigma_hat=true"])
+        eval_cfg([*overrides, "task=sweep", "sweep.etas=[0,1]", "sweep.steps=[2,3]", "sweep.sigma_hat=true"])
     )
     for name in TABLE1_FILES:
         assert (out / name).is_file(), name
@@ -65,13 +48,15 @@ def test_single_job_grid_writes_table1_and_plot(tiny_ckpt, tmp_path, monkeypatch
     assert json.loads((out / "metrics.json").read_text())["task"] == "sweep"
 
 
-def test_multirun_ends_with_table1_and_plot(tiny_ckpt, tmp_path):
+def test_multirun_ends_with_table1_and_plot(
+    tiny_ckpt, tmp_path, eval_cfg, eval_overrides, run_eval_cli, tiny_extractor_override
+):
     sweep_dir = tmp_path / "multirun"
-    overrides = [o for o in base_overrides(tiny_ckpt, tmp_path / "x") if not o.startswith("paths.output_dir")]
+    overrides = [o for o in eval_overrides(tiny_ckpt, tmp_path / "x") if not o.startswith("paths.output_dir")]
     args = [
         "-m",
         *overrides,
-        TINY_EXTRACTOR,
+        tiny_extractor_override,
         "n_samples=6",
         "shard_size=3",
         "batch_size=3",
@@ -79,7 +64,7 @@ def test_multirun_ends_with_table1_and_plot(tiny_ckpt, tmp_path):
         "sampler.steps=2,3",
         f"hydra.sweep.dir={sweep_dir}",
     ]
-    proc = run_cli(args, timeout=600)
+    proc = run_eval_cli(args, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     for name in TABLE1_FILES:
         assert (sweep_dir / name).is_file(), name
@@ -95,10 +80,10 @@ def test_multirun_ends_with_table1_and_plot(tiny_ckpt, tmp_path):
     # Same seed, same samples: the single-job grid gives the same numbers as the multirun.
     out = tmp_path / "grid"
     grid = evaluate(
-        make_cfg(
+        eval_cfg(
             [
-                *base_overrides(tiny_ckpt, out, cache=tmp_path / "cache"),
-                TINY_EXTRACTOR,
+                *eval_overrides(tiny_ckpt, out, cache=tmp_path / "cache"),
+                tiny_extractor_override,
                 "n_samples=6",
                 "shard_size=3",
                 "batch_size=3",
@@ -128,14 +113,13 @@ def test_table_marks_nfe_when_quadratic_steps_repeat(tmp_path):
     assert "13.36" in md  # the paper's CIFAR10 row for comparison
 
 
-def test_submitit_launcher_config_composes():
+def test_submitit_launcher_config_composes(compose_config):
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose(
-            config_name="eval",
-            overrides=["ckpt=x", "hydra/launcher=submitit_slurm", "trainer.devices=4"],
-            return_hydra_config=True,
-        )
+    cfg = compose_config(
+        ["ckpt=x", "hydra/launcher=submitit_slurm", "trainer.devices=4"],
+        config_name="eval",
+        return_hydra_config=True,
+    )
     launcher = cfg.hydra.launcher
     assert launcher._target_.endswith("SlurmLauncher")
     assert launcher.tasks_per_node == 4 and launcher.gpus_per_node == 4

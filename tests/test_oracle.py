@@ -18,15 +18,6 @@ STD = torch.tensor([0.05, 0.1, 0.15, 0.4], dtype=torch.float64)
 N = 10000
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Many small ops: extra threads only add contention on a shared 2-core machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def oracle() -> GaussianOracle:
     return GaussianOracle(MEAN, STD, SCHED)

@@ -142,12 +142,9 @@ def test_with_the_real_diffusion_module(tmp_path):
     assert (tmp_path / "samples" / "step_0000001.png").exists()
 
 
-def test_hydra_callback_config_instantiates():
-    from hydra import compose, initialize_config_dir
+def test_hydra_callback_config_instantiates(compose_config):
     from hydra.utils import instantiate
 
-    conf = Path(__file__).resolve().parents[1] / "conf"
-    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
-        cfg = compose(overrides=["+callbacks=sample_grid", "callbacks.sample_grid.sampler.steps=20"])
+    cfg = compose_config(["+callbacks=sample_grid", "callbacks.sample_grid.sampler.steps=20"])
     callback = instantiate(cfg.callbacks.sample_grid)
     assert isinstance(callback, SampleGrid) and callback.sampler.steps == 20 and callback.sampler.eta == 0

@@ -15,7 +15,6 @@ sequence as a custom list reproduces it, and that the paper's sequence matches t
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import pytest
 import torch
@@ -37,16 +36,6 @@ from ddim.schedule import Schedule, ScheduleError, timestep_sequence
 T = 1000
 SCHED = Schedule.from_config("linear", T, 1e-4, 0.02)
 SHAPE = (2, 3, 8, 8)
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Many tiny ops: extra threads only add contention on a shared 2-core machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 class TinyEps(torch.nn.Module):
@@ -381,12 +370,9 @@ def test_sampler_config_runs_what_sample_runs():
 
 
 @pytest.mark.parametrize("name", ["ddim", "ddpm", "ddpm_sigma_hat"])
-def test_hydra_sampler_group_composes_with_overrides(name):
-    from hydra import compose, initialize_config_dir
-
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose(overrides=[f"+sampler={name}", "sampler.eta=0", "sampler.steps=100"])
-        custom = compose(overrides=[f"+sampler={name}", "sampler.timesteps=[0,250,500,750]"])
+def test_hydra_sampler_group_composes_with_overrides(name, compose_config):
+    cfg = compose_config([f"+sampler={name}", "sampler.eta=0", "sampler.steps=100"])
+    custom = compose_config([f"+sampler={name}", "sampler.timesteps=[0,250,500,750]"])
     sampler = SamplerConfig(**cfg.sampler).validate(T)
     assert sampler.eta == 0 and sampler.steps == 100
     assert sampler.variance == ("sigma_hat" if name == "ddpm_sigma_hat" else "eta")

@@ -8,9 +8,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from fakes import write_fake_celeba
-from hydra import compose, initialize_config_dir
-from omegaconf import open_dict
 
 from ddim.errors import user_error_in
 from ddim.lit_module import DiffusionModule
@@ -27,14 +24,6 @@ TINY = [
     "data.batch_size=2",
     "data.num_workers=0",
 ]
-
-
-def compose_train(overrides: list[str], output_dir: Path):
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose(config_name="train", overrides=overrides)
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(output_dir)  # ${hydra:...} is unavailable outside @hydra.main
-    return cfg
 
 
 def run_train(args: list[str], run_dir: Path, timeout: int = 300) -> subprocess.CompletedProcess:
@@ -54,7 +43,9 @@ def test_experiments_are_discovered():
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
-def test_every_experiment_composes_and_runs_fast_dev_run(experiment, tmp_path, fake_cifar10):
+def test_every_experiment_composes_and_runs_fast_dev_run(
+    experiment, tmp_path, fake_cifar10, train_cfg, write_fake_celeba
+):
     data_overrides = {
         "cifar10": [f"data.root={fake_cifar10[0]}"],
         "celeba64": [f"data.root={tmp_path / 'celeba_root'}"],
@@ -62,7 +53,7 @@ def test_every_experiment_composes_and_runs_fast_dev_run(experiment, tmp_path, f
     if experiment == "celeba64":
         write_fake_celeba(tmp_path / "celeba_root" / "celeba", [0, 0, 0, 2])
     overrides = [f"experiment={experiment}", *TINY, *data_overrides, "+trainer.fast_dev_run=1"]
-    cfg = compose_train(overrides, tmp_path)
+    cfg = train_cfg(overrides, tmp_path)
     expected_params = {"cifar10": 35_746_307, "celeba64": 78_700_803}.get(experiment)
     if expected_params:
         # The paper's network and recipe, exactly as configured.
@@ -71,7 +62,7 @@ def test_every_experiment_composes_and_runs_fast_dev_run(experiment, tmp_path, f
         assert cfg.model.ema_decay == 0.9999 and cfg.trainer.gradient_clip_val == 1.0
         assert cfg.trainer.max_steps == 800_000 and cfg.data.flip and cfg.model.net.dropout == 0.1
         # The full-width network costs minutes per step on 2 CPU cores; the run itself uses a narrow one.
-        cfg = compose_train([*overrides, "model.net.ch=32"], tmp_path)
+        cfg = train_cfg([*overrides, "model.net.ch=32"], tmp_path)
     metrics = train(cfg)
     assert metrics["global_step"] == 1
     assert torch.isfinite(torch.tensor(metrics["train/loss"]))
@@ -90,13 +81,13 @@ QUICK = [
 ]
 
 
-def test_resume_continues_step_optimizer_schedule_and_ema(tmp_path):
+def test_resume_continues_step_optimizer_schedule_and_ema(tmp_path, train_cfg):
     run_dir = tmp_path / "run"
-    train(compose_train([*QUICK, "trainer.max_steps=4", "model.ema_decay=0.999"], run_dir))
+    train(train_cfg([*QUICK, "trainer.max_steps=4", "model.ema_decay=0.999"], run_dir))
     ckpt4 = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert ckpt4["global_step"] == 4
 
-    train(compose_train([*QUICK, "trainer.max_steps=8", "model.ema_decay=0.999", "ckpt_path=last"], run_dir))
+    train(train_cfg([*QUICK, "trainer.max_steps=8", "model.ema_decay=0.999", "ckpt_path=last"], run_dir))
     ckpt8 = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert ckpt8["global_step"] == 8
     assert json.loads((run_dir / "metrics.json").read_text())["resumed_from"].endswith("last.ckpt")
@@ -162,9 +153,9 @@ def test_bad_input_on_the_command_line_gives_one_line_no_traceback(tmp_path, arg
         (["experiment=quickstart", "model.net.resolution=16"], "model expects"),
     ],
 )
-def test_bad_input_raises_one_user_error(tmp_path, overrides, message):
+def test_bad_input_raises_one_user_error(tmp_path, overrides, message, train_cfg):
     with pytest.raises(Exception) as info:
-        train(compose_train([*overrides, *TINY], tmp_path / "run"))
+        train(train_cfg([*overrides, *TINY], tmp_path / "run"))
     user_error = user_error_in(info.value)
     assert user_error is not None and message in str(user_error)
     assert not (tmp_path / "run" / "metrics.json").exists()

@@ -84,16 +84,6 @@ def max_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
     return max((a[k] - b[k]).abs().max().item() for k in a)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """These networks are tiny per op: a second OpenMP thread gains little and, on a busy 2-core machine,
-    its barrier waits made this module 2x slower. Restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def cifar_pair():
     ref = randomized_diffusers(CIFAR10)
