@@ -266,3 +266,55 @@ def test_wandb_offline_logs_the_figure(tiny_ckpt, tmp_path, monkeypatch, eval_cf
     import wandb
 
     assert wandb.run is None  # finished, so the next job of a multirun gets its own run
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The task registry: one module + one TASKS line + one conf/task file per task
+
+
+def test_every_task_has_a_module_a_registry_line_and_a_config(compose_config):
+    from ddim.evaluation.dispatch import task_options
+    from ddim.evaluation.tasks import TASKS, get_task
+
+    conf_tasks = sorted(p.stem for p in (Path(__file__).parents[1] / "conf" / "task").glob("*.yaml"))
+    assert sorted(TASKS) == conf_tasks
+    for name in conf_tasks:
+        cfg = compose_config(["ckpt=x", f"task={name}"], config_name="eval")
+        assert cfg.task_type == name
+        task_options(cfg, name, get_task(name))  # the config node gives exactly run()'s keyword options
+
+
+def test_task_options_are_checked_by_name(compose_config):
+    from ddim.errors import DDIMError
+    from ddim.evaluation.dispatch import task_options
+    from ddim.evaluation.tasks import get_task
+
+    cfg = compose_config(["ckpt=x", "task=reconstruction", "+reconstruction.n_imgs=5"], config_name="eval")
+    with pytest.raises(
+        DDIMError, match=r"unknown reconstruction.n_imgs; its options are .*reconstruction.n_images"
+    ):
+        task_options(cfg, "reconstruction", get_task("reconstruction"))
+    with pytest.raises(DDIMError, match="Unknown task 'nll'; choose task= one of fid, sample"):
+        get_task("nll")
+
+
+def test_evaluation_does_not_import_training():
+    import ast
+
+    import ddim.evaluation
+
+    root = Path(ddim.evaluation.__file__).parent
+    for path in root.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module or ""]
+                if isinstance(node, ast.ImportFrom)
+                else []
+            )
+            for name in names:
+                assert not name.startswith(("ddim.training", "ddim.lit_module", "ddim.callbacks")), (
+                    path,
+                    name,
+                )
