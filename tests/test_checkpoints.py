@@ -6,8 +6,6 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -25,7 +23,6 @@ from ddim.checkpoints import (
 from ddim.lit_module import DiffusionModule
 from ddim.nets.unet import UNet
 
-ROOT = Path(__file__).resolve().parents[1]
 TINY = dict(
     in_channels=1, out_channels=1, resolution=8, ch=32, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=()
 )
@@ -64,15 +61,12 @@ def test_pickle_payload_is_refused_and_never_runs(hostile):
     assert not marker.exists()
 
 
-def test_eval_refuses_a_pickle_payload_in_one_line(hostile, tmp_path):
+def test_eval_refuses_a_pickle_payload_in_one_line(hostile, tmp_path, run_eval_cli):
     path, marker = hostile
     out = tmp_path / "out"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src")}
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "src" / "eval.py"), f"ckpt={path}", "task=sample", "logger=none",
-         f"paths.output_dir={out}", "hydra.job.chdir=false"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+    result = run_eval_cli(
+        [f"ckpt={path}", "task=sample", "logger=none", f"paths.output_dir={out}"], timeout=120
+    )
     output = result.stdout + result.stderr
     assert result.returncode != 0
     assert "Traceback" not in output
