@@ -216,11 +216,20 @@ def _steps(
             std = noise_std(a_t, a_s, eta)
             if 1.0 - a_s - std * std < -1e-12:
                 raise SamplerError(f"sampler.eta={eta} is too large for this schedule; use eta <= 1.")
+    # A model with a learned variance (ddim.parameterization.ModelFn) replaces sigma on the ancestral sampler.
+    learned = getattr(eps_fn, "step_variance", None) if variance == "eta" and eta == 1.0 else None
     x = x_T
     for t, a_t, a_s in pairs:
-        eps = eps_fn(x, _t_batch(t, x)).to(x.dtype)
+        log_var = None
+        if learned is None:
+            eps = eps_fn(x, _t_batch(t, x)).to(x.dtype)
+        else:
+            eps, log_var = learned(x, _t_batch(t, x), a_t, a_s)
+            eps = eps.to(x.dtype)
         std = noise_std(a_t, a_s, eta, variance)
         noise = _randn(x.shape, generator, x.device, x.dtype) if std > 0.0 else None
+        if noise is not None and log_var is not None:
+            noise = noise * (0.5 * log_var.to(x.dtype)).exp() / std  # so the step adds N(0, exp(log_var))
         x, x0_hat = generalized_step(x, eps, a_t, a_s, eta, noise, clip_x0, variance)
         yield x, x0_hat
 

@@ -1,0 +1,192 @@
+"""The variational bound of DDPM (Ho et al. 2020, eq. 5) in bits/dim: KL terms, discretized decoder, prior.
+
+    L = L_T + sum_{t=2..T} L_{t-1} + L_0,   L_T = KL(q(x_T | x_0) || N(0, I)),
+    L_{t-1} = KL(q(x_{t-1} | x_t, x_0) || p(x_{t-1} | x_t)),   L_0 = -log p(x_0 | x_1) (discretized decoder)
+
+Index convention: the code's timestep t = 0..T-1 is the paper's t = 1..T, so `vb_terms` at t = 0 is L_0
+(the decoder) and at t >= 1 it is the paper's L_{t} KL term, as in both reference implementations. Each
+term is the mean over dimensions divided by ln 2 (bits/dim); the total is their plain sum.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
+
+import torch
+
+from ddim.parameterization import Prediction, gather, posterior_log_variance, posterior_mean, tables
+from ddim.schedule import Schedule
+
+LN2 = math.log(2.0)
+BIN_HALF_WIDTH = 1.0 / 255.0  # 256 levels on [-1, 1]: bins of width 2/255 centred on the levels
+EDGE = 1.0 - BIN_HALF_WIDTH / 2  # x below -EDGE is the lowest level, above EDGE the highest
+
+
+def mean_flat(x: torch.Tensor) -> torch.Tensor:
+    """Mean over all but the batch dimension."""
+    return x.mean(dim=tuple(range(1, x.ndim)))
+
+
+def normal_kl(
+    mean1: torch.Tensor, logvar1: torch.Tensor, mean2: torch.Tensor, logvar2: torch.Tensor
+) -> torch.Tensor:
+    """KL(N(mean1, e^logvar1) || N(mean2, e^logvar2)) per element, in nats."""
+    return 0.5 * (
+        -1.0 + logvar2 - logvar1 + torch.exp(logvar1 - logvar2) + (mean1 - mean2) ** 2 * torch.exp(-logvar2)
+    )
+
+
+def _log_mass(lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
+    """log(Phi(hi) - Phi(lo)) for standardized bounds lo < hi, without cancellation in either tail.
+
+    Above zero the upper tail is used (Phi(hi) - Phi(lo) = Phi(-lo) - Phi(-hi)); log(-expm1(d)) keeps the
+    mass accurate when it is a tiny fraction of the larger CDF value.
+    """
+    flip = lo > 0
+    a = torch.where(flip, -hi, lo)
+    b = torch.where(flip, -lo, hi)
+    log_b, log_a = torch.special.log_ndtr(b), torch.special.log_ndtr(a)
+    # The clamp keeps a bin whose mass underflows finite (about -87 nats in float32, -708 in float64).
+    tiny = torch.finfo(log_b.dtype).tiny
+    return log_b + torch.log(-torch.expm1((log_a - log_b).clamp(max=-tiny)))
+
+
+def discretized_gaussian_log_likelihood(
+    x: torch.Tensor, mean: torch.Tensor, log_scale: torch.Tensor
+) -> torch.Tensor:
+    """log p(x) per element for x on the 256 levels of [-1, 1]: the N(mean, e^{2 log_scale}) mass of the bin
+    [x - 1/255, x + 1/255], with the lowest bin open to -inf and the highest to +inf (DDPM's decoder).
+
+    Exact normal CDF (the reference codes use a tanh approximation, which differs by ~1e-3 relative).
+    """
+    inv = torch.exp(-log_scale)
+    lo = (x - mean - BIN_HALF_WIDTH) * inv
+    hi = (x - mean + BIN_HALF_WIDTH) * inv
+    interior = _log_mass(lo, hi)
+    log_cdf_hi = torch.special.log_ndtr(hi)  # lowest bin: (-inf, x + 1/255]
+    log_sf_lo = torch.special.log_ndtr(-lo)  # highest bin: [x - 1/255, +inf)
+    return torch.where(x < -EDGE, log_cdf_hi, torch.where(x > EDGE, log_sf_lo, interior))
+
+
+def is_discrete(x: torch.Tensor, tol: float = 1e-3) -> bool:
+    """True when every value lies on the 256 levels of [-1, 1] (what the decoder's likelihood assumes)."""
+    levels = (x.detach().double() + 1.0) * 127.5
+    return bool(
+        ((levels - levels.round()).abs() <= tol).all()
+        and (levels.min() >= -tol)
+        and (levels.max() <= 255 + tol)
+    )
+
+
+def prior_bpd(x0: torch.Tensor, schedule: Schedule) -> torch.Tensor:
+    """L_T = KL(q(x_T | x_0) || N(0, I)) in bits/dim, per image (no network involved)."""
+    tab = tables(schedule)
+    a_T = tab.alphas_cumprod[-1].item()
+    mean = math.sqrt(a_T) * x0
+    logvar = torch.full_like(x0, math.log1p(-a_T))
+    return mean_flat(normal_kl(mean, logvar, torch.zeros_like(x0), torch.zeros_like(x0))) / LN2
+
+
+def vb_terms_bpd(
+    pred: Prediction,
+    log_variance: torch.Tensor,
+    x0: torch.Tensor,
+    x_t: torch.Tensor,
+    t: torch.Tensor,
+    schedule: Schedule,
+) -> torch.Tensor:
+    """One bound term per row, in bits/dim: the decoder NLL -log p(x_0 | x_1) where t = 0, else the KL of the
+    posterior q(x_{t-1} | x_t, x_0) from the model's p(x_{t-1} | x_t) = N(pred.mean, exp(log_variance))."""
+    true_mean = posterior_mean(x0, x_t, t, schedule)
+    true_logvar = posterior_log_variance(t, x_t, schedule)
+    kl = mean_flat(normal_kl(true_mean, true_logvar, pred.mean, log_variance)) / LN2
+    decoder = -mean_flat(discretized_gaussian_log_likelihood(x0, pred.mean, 0.5 * log_variance)) / LN2
+    return torch.where(t == 0, decoder, kl)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The whole bound for a batch of images (exact: every t; Monte Carlo: K random t per image)
+
+PredictFn = Callable[[torch.Tensor, torch.Tensor], tuple[Prediction, torch.Tensor]]
+
+
+class BoundTerms(NamedTuple):
+    """terms[i, k]: the bound term (bits/dim) of image i at timestep timesteps[i, k]; mse[i, k]: the mean
+    squared error of x0_hat there (on [-1, 1]); prior[i]: L_T."""
+
+    timesteps: torch.Tensor
+    terms: torch.Tensor
+    mse: torch.Tensor
+    prior: torch.Tensor
+
+
+def bound_terms(
+    predict_fn: PredictFn,
+    x0: torch.Tensor,
+    timesteps: torch.Tensor,
+    schedule: Schedule,
+    noise_fn: Callable[[int, int], torch.Tensor],
+    max_batch: int = 256,
+) -> BoundTerms:
+    """Bound terms of each image x0[i] at the timesteps in row i of `timesteps` ([N, K] int64).
+
+    (image, timestep) pairs are flattened and sent to the network `max_batch` rows at a time, so a few images
+    with many timesteps fill a GPU as well as many images. noise_fn(i, k) is the standard normal draw that
+    makes x_t of image i at its k-th timestep (the caller seeds it, per image).
+    """
+    n, k = timesteps.shape
+    flat_t = timesteps.reshape(-1)
+    flat_img = torch.arange(n).repeat_interleave(k)
+    terms = torch.empty(n * k, dtype=torch.float64)
+    mse = torch.empty(n * k, dtype=torch.float64)
+    a = tables(schedule).alphas_cumprod
+    for start in range(0, n * k, max_batch):
+        rows = range(start, min(start + max_batch, n * k))
+        imgs = flat_img[rows.start : rows.stop]
+        t = flat_t[rows.start : rows.stop].to(x0.device)
+        x_start = x0[imgs.to(x0.device)]
+        noise = torch.stack([noise_fn(int(flat_img[r]), r % k) for r in rows]).to(x0)
+        a_t = gather(a, t, x_start)
+        x_t = a_t.sqrt() * x_start + (1 - a_t).sqrt() * noise
+        pred, log_var = predict_fn(x_t, t)
+        terms[rows.start : rows.stop] = vb_terms_bpd(pred, log_var, x_start, x_t, t, schedule).double().cpu()
+        mse[rows.start : rows.stop] = mean_flat((pred.x0 - x_start) ** 2).double().cpu()
+    return BoundTerms(
+        timesteps, terms.reshape(n, k), mse.reshape(n, k), prior_bpd(x0, schedule).double().cpu()
+    )
+
+
+class BoundEstimate(NamedTuple):
+    """Per image: total bits/dim and its parts (for Monte Carlo, unbiased estimates of them)."""
+
+    total: torch.Tensor
+    prior: torch.Tensor
+    kl: torch.Tensor
+    decoder: torch.Tensor
+
+
+def exact_bound(terms: BoundTerms) -> BoundEstimate:
+    """The bound from all T terms of each image (row k = timestep k)."""
+    kl = terms.terms[:, 1:].sum(1)
+    decoder = terms.terms[:, 0]
+    return BoundEstimate(terms.prior + kl + decoder, terms.prior, kl, decoder)
+
+
+def monte_carlo_bound(terms: BoundTerms, num_timesteps: int) -> BoundEstimate:
+    """Unbiased estimate from K uniformly drawn timesteps per image: L_T + T * mean_k term(t_k), split by
+    whether t_k is 0 (the decoder) or not (the KL terms)."""
+    is_dec = terms.timesteps == 0
+    scale = num_timesteps / terms.timesteps.shape[1]
+    decoder = scale * torch.where(is_dec, terms.terms, torch.zeros_like(terms.terms)).sum(1)
+    kl = scale * torch.where(is_dec, torch.zeros_like(terms.terms), terms.terms).sum(1)
+    return BoundEstimate(terms.prior + kl + decoder, terms.prior, kl, decoder)
+
+
+def mean_and_ci(values: torch.Tensor | Sequence[float], z: float = 1.96) -> tuple[float, float]:
+    """Mean and the half-width of its normal-approximation 95% confidence interval (z * std / sqrt(n))."""
+    v = torch.as_tensor(values, dtype=torch.float64).reshape(-1)
+    if v.numel() < 2:
+        return float(v.mean()), float("nan")
+    return float(v.mean()), float(z * v.std(unbiased=True) / math.sqrt(v.numel()))
