@@ -54,7 +54,7 @@ def _with_output_channels(net: dict, spec: ModelSpec) -> dict:
     in_channels = int(net.get("in_channels", 3))
     out = int(net.get("out_channels", in_channels))
     needed = spec.out_channels(in_channels)
-    if out == needed:
+    if out == needed or not spec.learned_variance:
         return net
     if out == in_channels:
         return {**net, "out_channels": needed}
