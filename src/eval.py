@@ -4,6 +4,8 @@ import logging
 import sys
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from ddim.errors import user_error_in
@@ -21,6 +23,9 @@ def main(cfg: DictConfig) -> dict:
         if user_error is None:
             raise
         log.error(str(user_error))
+        if HydraConfig.get().mode == RunMode.MULTIRUN:
+            # The other jobs go on; the sweep table shows this one as '-' and the multirun exits non-zero.
+            return {"failed": str(user_error)}
         sys.exit(2)
 
 

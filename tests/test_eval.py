@@ -137,6 +137,30 @@ def test_interrupted_generation_resumes_to_the_same_files(
     assert record["generated"] == 4 and png_bytes(samples) == reference
 
 
+def test_damaged_or_replaced_images_are_regenerated_to_the_same_bytes(
+    tiny_ckpt, tmp_path, eval_cfg, eval_overrides, caplog
+):
+    from ddim.errors import DDIMError
+    from ddim.evaluation.shards import ShardImages
+
+    overrides = [*eval_overrides(tiny_ckpt, tmp_path / "run"), "task=sample", "sampler.eta=1.0"]
+    evaluate(eval_cfg(overrides))
+    samples = tmp_path / "run" / "samples"
+    reference = png_bytes(samples)
+    corrupt, replaced = samples / "shard_00001" / "000005.png", samples / "shard_00002" / "000009.png"
+    corrupt.write_bytes(corrupt.read_bytes()[:40])  # truncated: not a readable PNG any more
+    Image.fromarray(np.full((8, 8), 7, dtype=np.uint8)).save(replaced)  # a valid PNG of other content
+    with pytest.raises(DDIMError, match=r"shard_00001 failed verification \(000005.png differs"):
+        ShardImages(samples, ShardPlan(12, 4))  # what FID reads: refused, never scored
+
+    with caplog.at_level("WARNING", logger="ddim.evaluation.generation"):
+        record = evaluate(eval_cfg(overrides))
+    assert record["generated"] == 8  # the two damaged shards, nothing else
+    assert png_bytes(samples) == reference
+    (line,) = [r.getMessage() for r in caplog.records if "Regenerating" in r.getMessage()]
+    assert "2 shard(s)" in line and "shard_00001: 000005.png" in line and "shard_00002: 000009.png" in line
+
+
 def test_resuming_with_other_settings_is_refused(tiny_ckpt, tmp_path, eval_cfg, eval_overrides):
     from ddim.errors import DDIMError
 
@@ -222,6 +246,16 @@ def test_reconstruction_task_writes_table2(
     # Figure rows: original, S=2, S=5; 5 columns of 8x8 images with 2-pixel padding.
     k = upscale_factor(5 * 10 + 2)  # small grids are enlarged k times (nearest neighbour)
     assert Image.open(out / "reconstruction.png").size == (k * (5 * 10 + 2), k * (3 * 10 + 2))
+
+
+def test_the_image_size_comes_from_the_checkpoint_unless_given(tiny_ckpt, tmp_path, eval_cfg, eval_overrides):
+    # No data.image_size: digits (16x16 by default) is read at the checkpoint's 8x8.
+    overrides = [o for o in eval_overrides(tiny_ckpt, tmp_path / "run") if o != "data.image_size=8"]
+    cfg = eval_cfg(
+        [*overrides, "task=reconstruction", "reconstruction.steps=[2]", "reconstruction.n_images=2"]
+    )
+    assert cfg.data.image_size is None
+    assert evaluate(cfg)["n_images"] == 2
 
 
 @pytest.mark.parametrize(

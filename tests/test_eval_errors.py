@@ -11,7 +11,7 @@ from ddim.evaluation import evaluate
 
 
 def _assert_nothing_written(out):
-    assert not (out / "metrics.json").exists()
+    assert not (out / "metrics.json").exists() and not list(out.rglob("manifest.json"))
     assert not list(out.glob("samples/shard_*")) and not list(out.glob("*.png"))
 
 
@@ -102,3 +102,70 @@ def test_inception_score_with_the_detector_is_refused_before_generating(
     cache = detector_weights.path.parents[1]  # reuse the conversion made once per session
     fails([*eval_overrides(tiny_ckpt, out, cache=cache), "fid=detector", "fid.isc=true"], "IS needs")
     _assert_nothing_written(out)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Bad values of the evaluation's own keys: in-process through evaluate() (src/eval.py prints the same
+# DDIMError as one line and exits 2; the CLI cases below check that path for two of them).
+
+BLOCKER = "a-file"  # a regular file made in tmp_path; folders "under" it cannot exist
+
+
+@pytest.mark.parametrize(
+    "override, match",
+    [
+        ("n_samples=abc", r"n_samples must be a positive integer, got 'abc': pass e.g. n_samples=50000"),
+        ("n_samples=1.5", r"n_samples must be a positive integer, got 1.5"),
+        ("batch_size=0", r"batch_size must be a positive integer, got 0"),
+        ("resolution=abc", r"resolution must be a positive integer .* got 'abc'.*drop it"),
+        ("resolution=0", r"resolution must be a positive integer .* got 0"),
+        (
+            "resolution=32",
+            r"resolution=32 but the checkpoint's network was trained on 8x8 .* drop resolution=",
+        ),
+        (
+            f"samples_dir=TMP/{BLOCKER}/samples",
+            rf"samples_dir=.*/{BLOCKER}/samples lies under .*{BLOCKER}, which is a file",
+        ),
+        (
+            f"paths.output_dir=TMP/{BLOCKER}/run",
+            rf"hydra.run.dir \(paths.output_dir\)=.* lies under .*{BLOCKER}",
+        ),
+        ("sampler.eta=2", r"sampler.eta=2.0 is too large for this schedule; use eta <= 1"),
+        ("sweep.etas=[0,2]", r"sampler.eta=2.0 is too large"),  # every sweep point, before the first image
+    ],
+)
+def test_bad_evaluation_values_give_one_line_and_write_nothing(
+    tiny_ckpt, tmp_path, fails, eval_overrides, override, match
+):
+    (tmp_path / BLOCKER).write_text("not a folder")
+    out = tmp_path / "run"
+    extra = ["task=sweep", "sweep.steps=[3]", "sweep.metrics=false"] if override.startswith("sweep.") else []
+    fails([*eval_overrides(tiny_ckpt, out), *extra, override.replace("TMP", str(tmp_path))], match)
+    _assert_nothing_written(out)
+    assert [p.name for p in tmp_path.rglob("*") if p.is_file()] == [BLOCKER]  # no file written anywhere
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["n_samples=abc"], "n_samples must be a positive integer, got 'abc'"),
+        (
+            [f"hydra.run.dir=TMP/{BLOCKER}/run"],
+            f"{BLOCKER}, which is a file, not a folder: choose another hydra.run.dir",
+        ),
+    ],
+)
+def test_bad_values_on_the_command_line_exit_2_with_one_line(
+    tiny_ckpt, tmp_path, run_eval_cli, args, message
+):
+    (tmp_path / BLOCKER).write_text("not a folder")
+    args = [a.replace("TMP", str(tmp_path)) for a in args]
+    run_dir = (
+        [] if any(a.startswith("hydra.run.dir") for a in args) else [f"hydra.run.dir={tmp_path / 'run'}"]
+    )
+    proc = run_eval_cli([f"ckpt={tiny_ckpt}", "data=digits", "logger=none", *run_dir, *args])
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    errors = [line for line in (proc.stdout + proc.stderr).splitlines() if message in line]
+    assert len(errors) == 1 and "Traceback" not in proc.stderr
+    assert not list(tmp_path.rglob("manifest.json")) and not list(tmp_path.rglob("metrics.json"))

@@ -53,29 +53,51 @@ def test_multirun_ends_with_table1_and_plot(
 ):
     sweep_dir = tmp_path / "multirun"
     overrides = [o for o in eval_overrides(tiny_ckpt, tmp_path / "x") if not o.startswith("paths.output_dir")]
-    args = [
+    common = [
         "-m",
         *overrides,
         tiny_extractor_override,
         "n_samples=6",
         "shard_size=3",
         "batch_size=3",
-        "sampler.eta=0,1",
-        "sampler.steps=2,3",
         f"hydra.sweep.dir={sweep_dir}",
     ]
-    proc = run_eval_cli(args, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    # S=500 > T=100: those two jobs fail with their message, the other four still run and make the table.
+    proc = run_eval_cli([*common, "sampler.eta=0,1", "sampler.steps=2,3,500"], timeout=600)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    output = proc.stdout + proc.stderr
+    assert "sampler.steps must be an integer in [1, 100]" in output
+    assert "2 job(s) failed" in output and "Traceback" not in output
     for name in TABLE1_FILES:
         assert (sweep_dir / name).is_file(), name
     table = _table(sweep_dir / "table1.csv")
-    assert list(table) == ["eta = 0.0", "eta = 1.0"] and set(table["eta = 0.0"]) == {"row", "S=2", "S=3"}
+    assert list(table) == ["eta = 0.0", "eta = 1.0"] and set(table["eta = 0.0"]) == {
+        "row",
+        "S=2",
+        "S=3",
+        "S=500",
+    }
+    assert table["eta = 0.0"]["S=500"] == table["eta = 1.0"]["S=500"] == ""
+    assert (
+        "| eta = 0.0 |" in (sweep_dir / "table1.md").read_text()
+        and " - |" in (sweep_dir / "table1.md").read_text()
+    )
+    failed = sorted(sweep_dir.glob("*/failed.json"))
+    assert [p.parent.name.split("-")[0] for p in failed] == ["eta0_S500_uniform", "eta1_S500_uniform"]
     jobs = [json.loads(p.read_text()) for p in sorted(sweep_dir.glob("*/metrics.json"))]
     assert len(jobs) == 4
     for job in jobs:
         assert float(table[f"eta = {job['eta']:.1f}"][f"S={job['steps']}"]) == pytest.approx(
             job["fid"], rel=1e-5
         )
+
+    # The README's second multirun into the same folder adds the sigma_hat row (no collision with job 0).
+    proc = run_eval_cli([*common, "sampler=ddpm_sigma_hat", "sampler.steps=2"], timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    table = _table(sweep_dir / "table1.csv")
+    assert list(table) == ["eta = 0.0", "eta = 1.0", "sigma_hat"] and table["sigma_hat"]["S=2"] != ""
+    assert len(list(sweep_dir.glob("*/metrics.json"))) == 5
+    assert float(table["eta = 0.0"]["S=2"]) == pytest.approx(jobs[0]["fid"], rel=1e-5)
 
     # Same seed, same samples: the single-job grid gives the same numbers as the multirun.
     out = tmp_path / "grid"
@@ -115,12 +137,23 @@ def test_table_marks_nfe_when_quadratic_steps_repeat(tmp_path):
 
 def test_submitit_launcher_config_composes(compose_config):
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
-    cfg = compose_config(
-        ["ckpt=x", "hydra/launcher=submitit_slurm", "trainer.devices=4"],
-        config_name="eval",
-        return_hydra_config=True,
-    )
-    launcher = cfg.hydra.launcher
-    assert launcher._target_.endswith("SlurmLauncher")
-    assert launcher.tasks_per_node == 4 and launcher.gpus_per_node == 4
-    assert cfg.hydra.callbacks.sweep_table._target_.endswith("SweepTableCallback")
+    from hydra_plugins.hydra_submitit_launcher.config import SlurmQueueConf
+    from omegaconf import OmegaConf
+
+    def launcher(*overrides):
+        cfg = compose_config(
+            ["ckpt=x", "hydra/launcher=submitit_slurm", *overrides],
+            config_name="eval",
+            return_hydra_config=True,
+        )
+        # Typed like the plugin's own schema: an 'auto' where it wants an int fails here.
+        OmegaConf.merge(OmegaConf.structured(SlurmQueueConf), cfg.hydra.launcher)
+        assert cfg.hydra.callbacks.sweep_table._target_.endswith("SweepTableCallback")
+        return cfg.hydra.launcher
+
+    four = launcher("trainer.devices=4", "trainer.num_nodes=2")
+    assert four._target_.endswith("SlurmLauncher")
+    assert (four.tasks_per_node, four.gpus_per_node, four.nodes) == (4, 4, 2)
+    default = launcher()  # trainer.devices=auto: one task and GPU per node, not the string 'auto'
+    assert (default.tasks_per_node, default.gpus_per_node, default.nodes) == (1, 1, 1)
+    assert launcher("trainer.devices=[0,1,2]").tasks_per_node == 3

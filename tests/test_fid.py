@@ -281,3 +281,16 @@ def test_inception_score_and_kid_closed_forms():
     same_kid = compute_metrics({"2048": feats}, ref, kid=True, kid_subset_size=50)["kid"]
     shifted_kid = compute_metrics({"2048": feats + 3.0}, ref, kid=True, kid_subset_size=50)["kid"]
     assert shifted_kid > 1.0 and shifted_kid > 20 * abs(same_kid)
+
+
+def test_fid_cache_goes_to_the_user_cache_directory(compose_config, monkeypatch, tmp_path):
+    monkeypatch.delenv("DDIM_CACHE", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+    assert compose_config(["ckpt=x"], config_name="eval").fid.cache_dir == f"{tmp_path}/home/.cache/ddim"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert compose_config(["ckpt=x"], config_name="eval").fid.cache_dir == f"{tmp_path}/xdg/ddim"
+    monkeypatch.setenv("DDIM_CACHE", str(tmp_path / "mine"))
+    assert compose_config(["ckpt=x"], config_name="eval").fid.cache_dir == f"{tmp_path}/mine"
+    cfg = compose_config(["ckpt=x", "paths.cache_dir=/data/cache"], config_name="eval")
+    assert cfg.fid.cache_dir == "/data/cache"  # the config key wins

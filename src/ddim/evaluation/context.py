@@ -8,7 +8,9 @@ validated here, before any task starts.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import inspect
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,10 +21,10 @@ from typing import Any
 import hydra
 import pytorch_lightning as pl
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from ddim.errors import DDIMError, user_error_in
-from ddim.evaluation.launch import build_trainer, single_device
+from ddim.evaluation.launch import build_trainer, file_in_the_way, single_device
 from ddim.evaluation.scoring import Scorer, prepare_scorer
 from ddim.samplers import SamplerConfig
 from ddim.schedule import Schedule
@@ -95,11 +97,71 @@ def sampler_from_config(node: Any) -> SamplerConfig:
         raise DDIMError(f"Unknown sampler option in {sorted(values)}; valid keys are {fields}.") from err
 
 
-def positive_int(cfg: DictConfig, key: str) -> int:
+def positive_int(cfg: DictConfig, key: str, example: int) -> int:
     value = OmegaConf.select(cfg, key)
-    if value is None or int(value) < 1:
-        raise DDIMError(f"{key} must be a positive integer, got {value!r}.")
-    return int(value)
+    try:
+        number = int(value) if not isinstance(value, bool) else None
+    except (TypeError, ValueError):
+        number = None
+    if number is None or number < 1 or number != value and str(number) != str(value).strip():
+        raise DDIMError(f"{key} must be a positive integer, got {value!r}: pass e.g. {key}={example}.")
+    return number
+
+
+def check_folder_path(path: Path, key: str) -> None:
+    """Refuse a folder path below a regular file before anything is written (mkdir would fail mid-run)."""
+    blocker = file_in_the_way(path)
+    if blocker is not None:
+        raise DDIMError(
+            f"{key}={path} lies under {blocker}, which is a file, not a folder: choose another {key}."
+        )
+
+
+def checked_sampler(sampler: SamplerConfig, schedule: Schedule) -> SamplerConfig:
+    """Validate, then dry-run the loop on one pixel with a zero network: step-level limits (an eta too
+    large for this schedule and sequence) fail here, before a manifest or an image is written."""
+    sampler = sampler.validate(schedule.num_timesteps)
+    sampler.run(lambda x, t: torch.zeros_like(x), torch.zeros(1, 1, 1, 1, dtype=torch.float64), schedule)
+    return sampler
+
+
+def checkpoint_resolution(cfg: DictConfig, recorded: int | None) -> int | None:
+    """resolution= is only for files that do not record their image size; a trained size is fixed."""
+    value = cfg.get("resolution")
+    if value is None:
+        return None
+    try:
+        resolution = (
+            int(value) if not isinstance(value, bool) and str(int(value)) == str(value).strip() else 0
+        )
+    except (TypeError, ValueError):
+        resolution = 0
+    if resolution < 1:
+        raise DDIMError(
+            f"resolution must be a positive integer (the image size of a checkpoint that does not record it), "
+            f"got {value!r}: pass e.g. resolution=32, or drop it."
+        )
+    if recorded is not None and resolution != recorded:
+        raise DDIMError(
+            f"resolution={resolution} but the checkpoint's network was trained on {recorded}x{recorded} images and "
+            "records it; a trained model's resolution is fixed: drop resolution=."
+        )
+    return resolution
+
+
+def data_for_checkpoint(data_cfg: DictConfig | None, resolution: int) -> DictConfig | None:
+    """eval.yaml sets data.image_size to null, meaning the checkpoint's size: data modules that resize
+    (digits, image folders, ...) get it, the others drop the key. An explicit data.image_size is kept."""
+    if not data_cfg or data_cfg.get("image_size", "unset") is not None:
+        return data_cfg
+    data_cfg = copy.deepcopy(data_cfg)
+    with open_dict(data_cfg):
+        params = inspect.signature(hydra.utils.get_class(data_cfg._target_)).parameters
+        if "image_size" in params:
+            data_cfg.image_size = resolution
+        else:
+            del data_cfg["image_size"]
+    return data_cfg
 
 
 def make_datamodule(data_cfg: DictConfig | None, image_shape: tuple[int, int, int]) -> Any:
@@ -132,34 +194,41 @@ def load_context(cfg: DictConfig) -> EvalContext:
             "No checkpoint given: pass ckpt=PATH (our Lightning .ckpt, an original DDPM/DDIM .ckpt/.pth, or a "
             "diffusers UNet2DModel folder), e.g. python src/eval.py ckpt=outputs/train/.../last.ckpt"
         )
+    output_dir = Path(str(cfg.paths.output_dir))
     generation = Generation(
-        n_samples=positive_int(cfg, "n_samples"),
-        batch_size=positive_int(cfg, "batch_size"),
-        shard_size=positive_int(cfg, "shard_size"),
-        grid_size=int(cfg.get("grid_size", 64)),
+        n_samples=positive_int(cfg, "n_samples", 50000),
+        batch_size=positive_int(cfg, "batch_size", 256),
+        shard_size=positive_int(cfg, "shard_size", 1000),
+        grid_size=positive_int(cfg, "grid_size", 64),
         samples_dir=Path(str(cfg.samples_dir)),
     )
-    from ddim.checkpoints import build_unet, read_checkpoint
+    check_folder_path(output_dir, "hydra.run.dir (paths.output_dir)")
+    check_folder_path(generation.samples_dir, "samples_dir")
+    from ddim.checkpoints import build_unet, infer_unet_config, read_checkpoint
 
     path = str(Path(str(cfg.ckpt)).expanduser())
-    ckpt = read_checkpoint(path, resolution=cfg.get("resolution"), prefer_ema=bool(cfg.get("use_ema", True)))
-    net = build_unet(ckpt.state_dict, ckpt.config)
+    ckpt = read_checkpoint(path, prefer_ema=bool(cfg.get("use_ema", True)))
+    recorded = ((ckpt.hyper_parameters or {}).get("net") or {}).get("resolution")
+    resolution = checkpoint_resolution(cfg, int(recorded) if recorded is not None else None)
+    config = ckpt.config
+    if resolution is not None and resolution != config["resolution"]:
+        config = infer_unet_config(ckpt.state_dict, resolution)  # the same tensors at the given size
+    net = build_unet(ckpt.state_dict, config)
     hparams = ckpt.hyper_parameters or {}
     schedule_cfg = hparams.get("schedule") or OmegaConf.to_container(cfg.schedule, resolve=True)
     try:
         schedule = Schedule.from_config(**schedule_cfg)
     except (TypeError, ValueError) as err:
         raise DDIMError(f"Bad noise schedule {schedule_cfg}: {err}") from err
-    sampler = sampler_from_config(cfg.sampler).validate(schedule.num_timesteps)
-    output_dir = Path(cfg.paths.output_dir)
+    sampler = checked_sampler(sampler_from_config(cfg.sampler), schedule)
     output_dir.mkdir(parents=True, exist_ok=True)  # Hydra makes it for CLI runs; the Python API may not
     ema = {True: "EMA", False: "raw", None: "only"}[ckpt.ema]
     log.info(f"Checkpoint {path} ({ckpt.layout} layout, {ema} weights), T={schedule.num_timesteps}")
 
-    unet_config = dict(ckpt.config)
+    unet_config = dict(config)
     channels, resolution = int(unet_config.get("in_channels", 3)), int(unet_config["resolution"])
     image_shape = (channels, resolution, resolution)
-    data_cfg = cfg.get("data")
+    data_cfg = data_for_checkpoint(cfg.get("data"), resolution)
     datamodule = partial(make_datamodule, data_cfg, image_shape)
 
     def scorer(is_zero: bool) -> Scorer | None:

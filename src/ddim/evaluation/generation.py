@@ -23,6 +23,8 @@ from ddim.evaluation.shards import (
     check_manifest,
     remove_stale_temporaries,
     shard_complete,
+    shard_dir,
+    shard_problems,
     write_shard,
 )
 from ddim.io import to_uint8
@@ -155,7 +157,14 @@ def generate_samples(
     check_manifest(out_dir, {**(identity or {}), "seed": int(seed), "shard_size": int(shard_size)})
     module = SampleWriter(net, schedule, sampler, image_shape, out_dir, plan, seed, batch_size)
     start = time.perf_counter()
-    missing = [s for s in range(plan.num_shards) if not shard_complete(out_dir, s, plan)]
+    problems = {s: shard_problems(out_dir, s, plan) for s in range(plan.num_shards)}
+    missing = [s for s, p in problems.items() if p]
+    damaged = {s: p for s, p in problems.items() if p and p != ["not written"]}
+    if damaged and trainer.is_global_zero:
+        details = "; ".join(f"{shard_dir(out_dir, s).name}: {', '.join(p[:3])}" for s, p in damaged.items())
+        log.warning(
+            f"Regenerating {len(damaged)} shard(s) of {out_dir} that failed verification ({details})."
+        )
     if not missing:
         # Every rank sees the same finished folder, so all of them skip and nobody waits in a collective.
         log.info(f"All {plan.num_shards} shards of {out_dir} exist; nothing to generate.")

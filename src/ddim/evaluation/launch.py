@@ -3,18 +3,95 @@ job, and the single device of the small in-process tasks."""
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import sys
 from pathlib import Path
 from typing import Any
 
 import hydra
 import pytorch_lightning as pl
 import torch
+from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from ddim.errors import DDIMError
+from ddim.samplers import SamplerConfig
 
 log = logging.getLogger(__name__)
+
+
+def devices_per_node(devices: Any) -> int:
+    """trainer.devices as the count a scheduler needs (SLURM tasks and GPUs per node): N, or the length of a
+    list of ids; "auto" and -1 mean one, because the node's GPUs are unknown before the job lands on it
+    (pass trainer.devices=N for N per node)."""
+    if isinstance(devices, (list, tuple)) or (hasattr(devices, "__len__") and not isinstance(devices, str)):
+        return len(devices)
+    text = str(devices).strip()
+    if text in ("auto", "-1"):
+        return 1
+    if "," in text:  # Lightning's "0,1" form
+        return len([d for d in text.split(",") if d.strip()])
+    try:
+        count = int(text)
+    except ValueError:
+        raise DDIMError(
+            f"trainer.devices={devices!r} is not a number of devices: pass e.g. trainer.devices=4."
+        ) from None
+    if count < 1:
+        raise DDIMError(f"trainer.devices={devices!r}: pass a positive number, e.g. trainer.devices=4.")
+    return count
+
+
+def job_dir_name(sampler: Any, overrides: str) -> str:
+    """A multirun job folder named by what the job does: its sampler tag plus a hash of all its overrides,
+    so a second multirun into the same sweep folder (e.g. the sigma_hat row) adds folders instead of
+    colliding with job 0, 1, ..., and rerunning the same job resumes its own samples."""
+    try:
+        values = OmegaConf.to_container(sampler, resolve=True) if isinstance(sampler, DictConfig) else sampler
+        tag = SamplerConfig(**values).tag()
+    except Exception:  # noqa: BLE001 - a bad sampler fails in the job itself, with its own message
+        tag = "job"
+    return f"{tag}-{hashlib.sha1(str(overrides).encode()).hexdigest()[:8]}"
+
+
+def file_in_the_way(path: Path) -> Path | None:
+    """The regular file standing where a folder of `path` (or path itself) would have to be, if any."""
+    for parent in (path, *path.parents):
+        if parent.exists():
+            return None if parent.is_dir() else parent
+    return None
+
+
+class OutputDirCheck(Callback):
+    """Refuse a run or sweep folder below a regular file with one line, before Hydra tries to create it."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self._check(Path(str(config.hydra.run.dir)), "hydra.run.dir")
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self._check(Path(str(config.hydra.sweep.dir)), "hydra.sweep.dir")
+
+    @staticmethod
+    def _check(path: Path, key: str) -> None:
+        blocker = file_in_the_way(path)
+        if blocker is not None:
+            # Logging is not configured yet at this point: one plain line on stderr.
+            print(
+                f"{key}={path} lies under {blocker}, which is a file, not a folder: choose another {key}.",
+                file=sys.stderr,
+            )
+            raise SystemExit(2)
+
+
+def register_resolvers() -> None:
+    """The resolvers conf/ uses (hydra/default.yaml, hydra/launcher/submitit_slurm.yaml)."""
+    for name, function in (("ddim.devices_per_node", devices_per_node), ("ddim.job_dir", job_dir_name)):
+        if not OmegaConf.has_resolver(name):
+            OmegaConf.register_new_resolver(name, function)
+
+
+register_resolvers()  # on import: the entry point, tests and submitit's job processes all import this package
 
 
 def build_trainer(trainer_cfg: DictConfig, output_dir: Path) -> pl.Trainer:

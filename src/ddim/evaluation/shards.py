@@ -2,17 +2,21 @@
 
 Layout of a samples directory:
 
-    manifest.json            what produced the samples (checkpoint, sampler, seed, shard size, image shape)
-    shard_00000/000000.png   sample index 0 ... shard_size - 1
-    shard_00001/001000.png   ...
+    manifest.json                 what produced the samples (checkpoint, sampler, seed, shard size, image shape)
+    shard_00000/000000.png        sample index 0 ... shard_size - 1
+    shard_00000/checksums.json    sha256 of every image of the shard, written with it
+    shard_00001/001000.png        ...
 
 A shard is written into a hidden temporary folder and renamed into place, so a folder named shard_NNNNN is
-always complete; an interrupted run leaves at most a temporary folder, which the next run removes. Metrics
+always complete; an interrupted run leaves at most a temporary folder, which the next run removes. A shard
+counts as done only when every file matches its recorded checksum (a file damaged or replaced later fails),
+so resuming regenerates it, to the same bytes (seeds are per sample), and metrics never read it. Metrics
 read exactly these files, the same ones a person can open.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -28,6 +32,7 @@ from ddim.io import remove_stale_temporaries as remove_temporaries
 
 SHARD_PREFIX = "shard_"
 MANIFEST = "manifest.json"
+CHECKSUMS = "checksums.json"
 # The fields that decide every pixel; n_samples is not one of them (more samples extend the same set).
 IDENTITY_KEYS = ("checkpoint", "sampler", "seed", "shard_size", "image_shape", "schedule")
 
@@ -75,17 +80,32 @@ def image_name(index: int, width: int = 6) -> str:
     return f"{index:0{width}d}.png"
 
 
-def _png_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.suffix == ".png")
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def shard_problems(root: str | Path, shard: int, plan: ShardPlan) -> list[str]:
+    """Why this shard cannot be used as it is ([] when every expected file matches its checksum)."""
+    folder = shard_dir(root, shard)
+    if not folder.is_dir():
+        return ["not written"]
+    try:
+        sums = json.loads((folder / CHECKSUMS).read_text())
+    except (OSError, ValueError):
+        return [f"no readable {CHECKSUMS}"]
+    problems = []
+    for index in plan.indices(shard):
+        name = image_name(index, plan.name_width)
+        if not (folder / name).is_file():
+            problems.append(f"{name} missing")
+        elif sums.get(name) != sha256(folder / name):
+            problems.append(f"{name} differs from its checksum")
+    return problems
 
 
 def shard_complete(root: str | Path, shard: int, plan: ShardPlan) -> bool:
-    """A shard folder exists (it only ever appears complete) and holds the files this plan expects."""
-    folder = shard_dir(root, shard)
-    if not folder.is_dir():
-        return False
-    names = {p.name for p in folder.iterdir()}
-    return all(image_name(i, plan.name_width) in names for i in plan.indices(shard))
+    """The shard folder holds every file this plan expects, each matching the checksum written with it."""
+    return not shard_problems(root, shard, plan)
 
 
 def write_shard(
@@ -100,9 +120,13 @@ def write_shard(
         raise ValueError(f"{images.shape[0]} images for {len(indices)} indices.")
     final = shard_dir(Path(root), shard)
     with atomic_directory(final) as tmp:
+        sums = {}
         for image, index in zip(images.cpu(), indices, strict=True):
+            name = image_name(int(index), width)
             # compress_level 1: PNG stays lossless; higher levels only cost time for tiny images.
-            to_pil(image).save(tmp / image_name(int(index), width), compress_level=1)
+            to_pil(image).save(tmp / name, compress_level=1)
+            sums[name] = sha256(tmp / name)
+        write_json(tmp / CHECKSUMS, sums)  # inside the folder, so it appears (atomically) with the images
     return final
 
 
@@ -138,8 +162,12 @@ class ShardImages(Dataset):
     def __init__(self, root: str | Path, plan: ShardPlan) -> None:
         self.files: list[Path] = []
         for shard in range(plan.num_shards):
-            if not shard_complete(root, shard, plan):
-                raise DDIMError(f"Shard {shard_dir(root, shard)} is missing or incomplete; rerun generation.")
+            problems = shard_problems(root, shard, plan)
+            if problems:
+                raise DDIMError(
+                    f"Shard {shard_dir(root, shard)} failed verification ({'; '.join(problems[:3])}): rerun the same "
+                    "command to regenerate it (the same seeds give the same images)."
+                )
             folder = shard_dir(root, shard)
             self.files += [folder / image_name(i, plan.name_width) for i in plan.indices(shard)]
 

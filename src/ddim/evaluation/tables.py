@@ -17,7 +17,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from ddim.io import atomic_write, write_text
+from ddim.io import atomic_write, write_json, write_text
 
 log = logging.getLogger(__name__)
 
@@ -58,12 +58,16 @@ def _row_order(label: str) -> tuple[int, float]:
 def pivot(records: Iterable[dict[str, Any]], value: str = "fid") -> tuple[list[str], list[int], dict]:
     """(row labels, S values, {(row, S): value}) from flat records holding eta/variance/steps/value."""
     cells: dict[tuple[str, int], float] = {}
+    keys = set()
     for r in records:
-        if r.get(value) is None or r.get("steps") is None:
+        if r.get("steps") is None or (r.get(value) is None and r.get("status") != "failed"):
             continue
-        cells[(row_label(r), int(r["steps"]))] = float(r[value])
-    rows = sorted({k[0] for k in cells}, key=_row_order)
-    cols = sorted({k[1] for k in cells})
+        key = (row_label(r), int(r["steps"]))
+        keys.add(key)  # a failed job keeps its row and column, shown as '-'
+        if r.get(value) is not None:
+            cells[key] = float(r[value])
+    rows = sorted({k[0] for k in keys}, key=_row_order)
+    cols = sorted({k[1] for k in keys})
     return rows, cols, cells
 
 
@@ -188,10 +192,14 @@ def write_table2(results: dict[int, float], out_dir: str | Path, n_images: int) 
     return paths
 
 
+FAILED = "failed.json"
+
+
 def collect_records(root: str | Path) -> list[dict[str, Any]]:
-    """metrics.json of every job below root (a multirun directory), sorted by job directory."""
+    """metrics.json (or failed.json) of every job below root (a multirun directory), sorted by job folder."""
     records = []
-    for path in sorted(Path(root).glob("**/metrics.json")):
+    paths = [*Path(root).glob(f"**/{FAILED}"), *Path(root).glob("**/metrics.json")]
+    for path in sorted(paths, key=lambda p: (p.parent, p.name)):
         try:
             records.append(json.loads(path.read_text()))
         except (OSError, json.JSONDecodeError) as err:
@@ -199,27 +207,66 @@ def collect_records(root: str | Path) -> list[dict[str, Any]]:
     return records
 
 
-class SweepTableCallback(Callback):
-    """At the end of a multirun, gather the jobs' metrics.json into Table 1 + plot in the sweep directory.
+def _failure_record(config: DictConfig, error: BaseException) -> dict[str, Any]:
+    """What a failed job was meant to measure (its table cell) and why it failed."""
+    record: dict[str, Any] = {"status": "failed", "error": str(error).strip().splitlines()[0][:500]}
+    sampler = config.get("sampler") or {}
+    try:
+        record.update(eta=float(sampler.get("eta")), steps=int(sampler.get("steps")))
+        record["variance"] = str(sampler.get("variance", "eta"))
+    except (TypeError, ValueError):
+        pass  # not a table cell (e.g. steps=abc): the job's own log says what was wrong
+    return record
 
-    Jobs that failed simply have no metrics.json and show as '-'. Rerunning a sweep into the same
-    hydra.sweep.dir (e.g. the sigma_hat row as a second multirun) rebuilds the table from all jobs there.
+
+class SweepTableCallback(Callback):
+    """Table 1 + plot in the sweep directory from the jobs' metrics.json, rebuilt after every job and at the
+    end, so a failing job (recorded in its folder's failed.json, shown as '-') never costs the others' table.
+
+    Rerunning a sweep into the same hydra.sweep.dir (e.g. the sigma_hat row as a second multirun) adds its
+    jobs' folders (named by their overrides) and rebuilds the table from all jobs there.
     """
 
     def __init__(self, value: str = "fid") -> None:
         self.value = value
+        self.failed: list[str] = []  # this multirun's failed jobs (jobs run in this process)
+
+    def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
+        from hydra.core.utils import JobStatus
+        from hydra.types import RunMode
+
+        if config.hydra.mode != RunMode.MULTIRUN:
+            return
+        failed = Path(config.hydra.runtime.output_dir) / FAILED
+        value = job_return._return_value  # the exception, or what the job returned
+        if job_return.status == JobStatus.FAILED or (isinstance(value, dict) and "failed" in value):
+            error = value if isinstance(value, BaseException) else RuntimeError(value["failed"])
+            write_json(failed, _failure_record(config, error))
+            self.failed.append(failed.parent.name)
+        elif failed.exists():
+            failed.unlink()  # the job succeeded this time
+        self.write(config)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        paths = self.write(config)
+        if paths:
+            log.info(f"Sweep table and plot: {', '.join(str(p) for p in paths.values())}")
+            _log_sweep_to_wandb(config, paths)
+        if self.failed:
+            log.error(
+                f"{len(self.failed)} job(s) failed ({', '.join(self.failed)}; each folder's {FAILED} says why); "
+                "the table shows them as '-'. Fix and rerun into the same hydra.sweep.dir."
+            )
+            raise SystemExit(1)
+
+    def write(self, config: DictConfig) -> dict[str, Path] | None:
         sweep_dir = Path(config.hydra.sweep.dir)
-        records = [r for r in collect_records(sweep_dir) if r.get(self.value) is not None]
-        if not records:
-            log.info(f"No job under {sweep_dir} reported {self.value!r}; no sweep table written.")
-            return
+        records = collect_records(sweep_dir)
+        if not any(r.get(self.value) is not None for r in records):
+            log.info(f"No job under {sweep_dir} reported {self.value!r}; no sweep table.")
+            return None
         data = config.get("data")
-        paper = paper_key(data.get("_target_") if data else None)
-        paths = write_table1(records, sweep_dir, self.value, paper)
-        log.info(f"Sweep table and plot: {', '.join(str(p) for p in paths.values())}")
-        _log_sweep_to_wandb(config, paths)
+        return write_table1(records, sweep_dir, self.value, paper_key(data.get("_target_") if data else None))
 
 
 def _log_sweep_to_wandb(config: DictConfig, paths: dict[str, Path]) -> None:

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ddim.errors import DDIMError
-from ddim.evaluation.context import EvalContext
+from ddim.evaluation.context import EvalContext, checked_sampler
 from ddim.evaluation.reporting import TaskResult
 from ddim.evaluation.tables import paper_key, write_table1
 from ddim.evaluation.tasks.fid import generate_point
@@ -48,9 +48,8 @@ def run(
     sigma_hat: bool,
     metrics: bool,
 ) -> TaskResult | None:
-    points = grid(ctx.sampler, etas, steps, sigma_hat)
-    for p in points:  # every point is checked before the first image
-        p.validate(ctx.schedule.num_timesteps)
+    # Every point is checked (and dry-run) before the first image.
+    points = [checked_sampler(p, ctx.schedule) for p in grid(ctx.sampler, etas, steps, sigma_hat)]
     trainer = ctx.make_trainer()
     scorer = ctx.make_scorer(trainer.is_global_zero) if metrics else None
     records = []
