@@ -9,20 +9,12 @@ import torch
 from hydra.utils import instantiate
 from PIL import Image
 
-from ddim.datamodule import (
-    CELEBA_CROP,
-    CelebA64DataModule,
-    CIFAR10DataModule,
-    DataConfigError,
-    DatasetNotFoundError,
-    DigitsDataModule,
-    FashionMNISTDataModule,
-    ImageDataModule,
-    ImageFolderDataModule,
-    celeba_crop,
-    celeba_transform,
-    read_idx_images,
-)
+from ddim.data import DataConfigError, DatasetNotFoundError, ImageDataModule
+from ddim.data.celeba import CELEBA_CROP, CelebA64DataModule, celeba_crop, celeba_transform
+from ddim.data.cifar10 import CIFAR10DataModule
+from ddim.data.digits import DigitsDataModule
+from ddim.data.fashion_mnist import FashionMNISTDataModule, read_idx_images
+from ddim.data.image_folder import ImageFolderDataModule
 
 DEBIAN_FMNIST = Path("/usr/share/datasets/fashion-mnist")
 

@@ -190,7 +190,7 @@ def test_fid_task_writes_metrics_with_the_plugged_in_extractor(
     assert saved["reference_n"] == 64 and saved["skip_type"] == "quadratic"
 
     # Independent check of the number: tiny features of the written files vs. of the training digits.
-    from ddim.datamodule import DigitsDataModule
+    from ddim.data.digits import DigitsDataModule
     from ddim.evaluation.fid import Statistics, frechet_distance
     from ddim.images import to_uint8
 
@@ -234,7 +234,7 @@ def test_reconstruction_task_writes_table2(
         assert (out / name).is_file(), name
     assert "S=2" in (out / "table2.md").read_text()
 
-    from ddim.datamodule import DigitsDataModule
+    from ddim.data.digits import DigitsDataModule
 
     schedule = Schedule.from_config(**tiny_schedule)
     x0 = torch.stack([DigitsDataModule(image_size=8).test_set[i] for i in range(5)])

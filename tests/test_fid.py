@@ -240,12 +240,12 @@ def test_a_foreign_file_is_not_accepted_as_detector(tmp_path):
 def test_reference_statistics_from_the_datamodule_equal_torch_fidelity_cifar10(
     fake_cifar10, tmp_path, tiny_extractor
 ):
-    from ddim.datamodule import CIFAR10DataModule
+    from ddim.data.cifar10 import CIFAR10DataModule
     from ddim.evaluation.reference import reference_statistics
 
     root, arrays = fake_cifar10
     ext = tiny_extractor
-    data_cfg = {"_target_": "ddim.datamodule.CIFAR10DataModule", "root": str(root), "flip": True}
+    data_cfg = {"_target_": "ddim.data.cifar10.CIFAR10DataModule", "root": str(root), "flip": True}
     dm = CIFAR10DataModule(root=str(root), batch_size=4, num_workers=0, flip=True)
     cache = tmp_path / "cache"
     ours, where = reference_statistics("data", ext, "tiny", cache, "feat", datamodule=dm, data_cfg=data_cfg)
