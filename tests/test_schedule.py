@@ -64,3 +64,18 @@ def test_q_sample_and_l_simple_zero_for_true_noise():
     assert (
         l_simple(lambda x, tt: torch.zeros_like(x), x0, sched.alphas_cumprod, t=t, noise=noise).item() > 0.5
     )
+
+
+def test_schedule_defaults_have_one_value_each():
+    """conf/schedule/linear.yaml (configs) and make_betas' defaults (code, checkpoints) name the same schedule."""
+    from pathlib import Path
+
+    from omegaconf import OmegaConf
+
+    from ddim.schedule import ScheduleError, schedule_config
+
+    conf = OmegaConf.load(Path(__file__).resolve().parents[1] / "conf" / "schedule" / "linear.yaml")
+    assert OmegaConf.to_container(conf) == schedule_config()
+    assert schedule_config(num_timesteps=100)["beta_end"] == 0.02
+    with pytest.raises(ScheduleError, match="Unknown schedule keys \\['steps'\\]"):
+        schedule_config(steps=10)

@@ -30,9 +30,8 @@ from ddim.objectives import (
     update_history,
 )
 from ddim.parameterization import ModelFn, ModelSpec
-from ddim.schedule import Schedule
+from ddim.schedule import Schedule, schedule_config
 
-DEFAULT_SCHEDULE = {"kind": "linear", "num_timesteps": 1000, "beta_start": 1e-4, "beta_end": 0.02}
 DEFAULT_OPTIM = {"lr": 2e-4, "betas": [0.9, 0.999], "eps": 1e-8, "weight_decay": 0.0, "warmup_steps": 5000}
 
 
@@ -84,7 +83,7 @@ class DiffusionModule(pl.LightningModule):
         check_loss(loss, self.spec)
         check_timestep_sampler(timestep_sampler, loss)
         net = _with_output_channels(dict(net), self.spec)
-        schedule = {**DEFAULT_SCHEDULE, **(schedule or {})}
+        schedule = schedule_config(**(schedule or {}))
         optim = {**DEFAULT_OPTIM, **(optim or {})}
         if not 0.0 <= ema_decay < 1.0:
             raise ValueError(f"ema_decay must be in [0, 1), got {ema_decay}.")

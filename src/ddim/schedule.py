@@ -5,6 +5,7 @@ Tables are float64 (as in the reference code) and cast to the model's dtype at u
 
 from __future__ import annotations
 
+import inspect
 import math
 from dataclasses import dataclass, field
 
@@ -33,6 +34,15 @@ def make_betas(
         f = torch.cos((steps + s) / (1 + s) * math.pi / 2) ** 2
         return (1 - f[1:] / f[:-1]).clamp(max=0.999)
     raise ScheduleError(f"Unknown beta schedule {kind!r}; choose 'linear' or 'cosine'.")
+
+
+def schedule_config(**given: object) -> dict[str, object]:
+    """make_betas' keyword arguments with its defaults filled in: what checkpoints record as the schedule."""
+    params = inspect.signature(make_betas).parameters
+    unknown = sorted(set(given) - set(params))
+    if unknown:
+        raise ScheduleError(f"Unknown schedule keys {unknown}; valid keys are {list(params)}.")
+    return {name: given.get(name, p.default) for name, p in params.items()}
 
 
 @dataclass(frozen=True, eq=False)
