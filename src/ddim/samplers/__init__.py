@@ -1,6 +1,8 @@
-"""Generalized (DDIM) samplers: stateless functions of (eps_fn, x_T, timestep sequence, schedule, eta, generator)."""
+"""Samplers as stateless functions of (eps_fn, x_T, timestep sequence, schedule, options, generator): the generalized
+(DDIM) family and the fast solvers (DPM-Solver(++), UniPC, Heun/Euler, PNDM); SamplerConfig picks one by name."""
 
-from ddim.samplers.config import SamplerConfig
+from ddim.samplers.config import SAMPLERS, SamplerConfig
+from ddim.samplers.dpm_solver import dpm_solver_multistep, dpm_solver_singlestep
 from ddim.samplers.figures import consistency, interpolate, progressive, slerp
 from ddim.samplers.generalized import (
     VARIANCES,
@@ -14,8 +16,19 @@ from ddim.samplers.generalized import (
     reconstruct,
     sample,
 )
+from ddim.samplers.karras import euler, euler_ancestral, heun
+from ddim.samplers.pndm import pndm
+from ddim.samplers.unipc import unipc
 
 __all__ = [
+    "SAMPLERS",
+    "dpm_solver_multistep",
+    "dpm_solver_singlestep",
+    "euler",
+    "euler_ancestral",
+    "heun",
+    "pndm",
+    "unipc",
     "VARIANCES",
     "SamplerConfig",
     "SamplerError",

@@ -65,7 +65,8 @@ def consistency(
     """The same x_T decoded deterministically with each S in steps_list -> (B, len(steps_list), C, H, W)."""
     if len(steps_list) == 0:
         raise SamplerError("consistency needs at least one number of steps, e.g. [10, 20, 50, 100].")
-    seqs = [timestep_sequence(s, skip_type, schedule.num_timesteps) for s in steps_list]
+    table = schedule.alphas_cumprod  # logsnr/karras sequences are defined on the noise levels
+    seqs = [timestep_sequence(s, skip_type, schedule.num_timesteps, alphas_cumprod=table) for s in steps_list]
     return torch.stack([sample(eps_fn, x_T, seq, schedule, eta=0.0) for seq in seqs], dim=1)
 
 
