@@ -1,14 +1,17 @@
 """Sampler overhead on top of the network: (sampling loop time - network time) / network time.
 
 Runs, interleaved repeat by repeat so load from other processes hits all alike (times are medians):
-  network  S calls of the U-Net on the same batch and timesteps, nothing else;
-  loop     ddim.samplers.sample with that U-Net (S steps, per-sample generators, noise drawn when eta > 0);
-  sampler  the same loop with a free eps function (a precomputed tensor): the sampler's own cost.
-overhead = (loop - network) / network is the direct figure; sampler / network is the same quantity measured
-without the network's run-to-run noise. Target: <= 3% at batch 64 on the CIFAR10 U-Net.
+  network  S calls of the U-Net on the same batch and timesteps, nothing else (time per call);
+  loop     SamplerConfig.run with that U-Net (per-sample generators, noise drawn where the sampler draws);
+  sampler  the same loop with a free eps function (a precomputed tensor): the sampler's own cost, i.e. the
+           solvers' bookkeeping (history of outputs, coefficients, corrector, noise).
+Network time of a sampler = its NFE x the time per call. overhead = (loop - network) / network is the
+direct figure; sampler / network is the same quantity without the network's run-to-run noise.
+Target: <= 3% at batch 64 on the CIFAR10 U-Net.
 
     python benchmarks/bench_sampler.py                                  # CPU: batch 64, S = 5
     python benchmarks/bench_sampler.py --device cuda --steps 50 --repeats 5
+    python benchmarks/bench_sampler.py --samplers ddim dpm_solver_pp:3 unipc:3 heun pndm
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from collections.abc import Callable
 import torch
 
 from ddim.nets.unet import UNet
-from ddim.samplers import initial_noise, per_sample_generators, sample
+from ddim.samplers import SamplerConfig, initial_noise, per_sample_generators
 from ddim.schedule import Schedule, timestep_sequence
 
 CONFIGS = {
@@ -47,7 +50,12 @@ def main() -> None:
     parser.add_argument("--config", choices=sorted(CONFIGS), default="cifar10")
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--steps", type=int, default=5)
-    parser.add_argument("--eta", type=float, nargs="+", default=[0.0, 1.0])
+    parser.add_argument(
+        "--samplers",
+        nargs="+",
+        default=["ddim", "ddim:eta=1", "dpm_solver_pp:3", "sde_dpm_solver_pp:2", "unipc:3", "heun", "pndm"],
+        help="name[:order][:eta=E]; the first is the reference row",
+    )
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
@@ -69,17 +77,18 @@ def main() -> None:
         for t in t_batches:
             net(x_T, t)
 
-    def loop(eta: float, eps_fn) -> Callable[[], object]:
+    def loop(sampler: SamplerConfig, eps_fn) -> Callable[[], object]:
         def run() -> object:
             gens = per_sample_generators(0, range(args.batch))
-            return sample(eps_fn, x_T, seq, schedule, eta=eta, generator=gens)
+            return sampler.run(eps_fn, x_T, schedule, generator=gens)
 
         return run
 
+    samplers = {spec: parse(spec, args.steps) for spec in args.samplers}
     runs: dict[str, Callable[[], object]] = {"network": network}
-    for eta in args.eta:
-        runs[f"loop eta={eta:g}"] = loop(eta, net)
-        runs[f"sampler eta={eta:g}"] = loop(eta, lambda x, t: free_eps)
+    for spec, sampler in samplers.items():
+        runs[f"loop {spec}"] = loop(sampler, net)
+        runs[f"sampler {spec}"] = loop(sampler, lambda x, t: free_eps)
     times: dict[str, list[float]] = {k: [] for k in runs}
     names = list(runs)
     with torch.no_grad():
@@ -90,19 +99,34 @@ def main() -> None:
                 times[name].append(timed(runs[name], device))
 
     med = {k: statistics.median(v) for k, v in times.items()}
-    n = len(seq)
+    per_call = med["network"] / len(seq)
     print(
-        f"config={args.config} batch={args.batch} S={n} device={device} threads={torch.get_num_threads()} "
-        f"repeats={args.repeats}\n"
+        f"config={args.config} batch={args.batch} S={len(seq)} device={device} threads={torch.get_num_threads()} "
+        f"repeats={args.repeats} network s/call={per_call:.4g}\n"
     )
-    print("| eta | network s/step | loop s/step | (loop - network) / network | sampler-only / network |")
+    print("| sampler | NFE | loop s | (loop - network) / network | sampler-only / network |")
     print("|---|---|---|---|---|")
-    for eta in args.eta:
-        loop_t, own = med[f"loop eta={eta:g}"], med[f"sampler eta={eta:g}"]
+    for spec, sampler in samplers.items():
+        nfe = sampler.nfe(schedule)
+        loop_t, own = med[f"loop {spec}"], med[f"sampler {spec}"]
         print(
-            f"| {eta:g} | {med['network'] / n:.4g} | {loop_t / n:.4g} | "
-            f"{100 * (loop_t - med['network']) / med['network']:+.2f}% | {100 * own / med['network']:.3f}% |"
+            f"| {sampler.tag()} | {nfe} | {loop_t:.4g} | "
+            f"{100 * (loop_t - nfe * per_call) / (nfe * per_call):+.2f}% | {100 * own / (nfe * per_call):.3f}% |"
         )
+
+
+def parse(spec: str, steps: int) -> SamplerConfig:
+    """'dpm_solver_pp:3' -> SamplerConfig(name='dpm_solver_pp', order=3); 'ddim:eta=1' sets eta."""
+    name, *rest = spec.split(":")
+    options: dict = dict(name=name, steps=steps, skip_type="uniform")
+    for item in rest:
+        if item.startswith("eta="):
+            options["eta"] = float(item[4:])
+        else:
+            options["order"] = int(item)
+    if name == "euler_ancestral":
+        options.setdefault("eta", 1.0)
+    return SamplerConfig(**options)
 
 
 if __name__ == "__main__":

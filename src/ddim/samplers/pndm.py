@@ -6,7 +6,9 @@ the last four steps' eps, and needs three earlier steps to start. The paper warm
 Runge-Kutta (PRK: RK4's four evaluations per step, at t, twice at the midpoint, and at s), so the first
 three steps cost 4 calls each; warm_start="plms" is the cheaper start diffusers uses with skip_prk_steps
 (one pseudo improved-Euler step with 2 calls, then Adams-Bashforth of growing order). Like the paper and
-diffusers, the weights assume evenly spaced timesteps; other spacings run but lose the 4th order.
+diffusers, the weights take the steps as evenly spaced; the error against the exact ODE still falls only at
+second order (the weights act on eps in t, not in the ODE's variable), and on the Gaussian oracle log-SNR
+spacing beats even spacing (benchmarks/solver_table.py).
 The midpoint of a PRK step from t to s is t - (t - s) // 2 (diffusers: t - (T // S) // 2). The warm-up
 never takes the last step (the step into the clean end or into tau_0).
 """
