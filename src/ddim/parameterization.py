@@ -291,18 +291,22 @@ class ModelSpec:
         )
 
 
-class ModelFn:
+class ModelFn(torch.nn.Module):
     """A network read through a ModelSpec: call it as an eps_fn (what every sampler takes), or ask for the
-    full Prediction and the variance. Stateless apart from the references it holds."""
+    full Prediction and the variance. A Module wrapping the network (moves, casts and .eval() reach it), with
+    no state of its own. A half-precision network sees its own dtype; results come back in x's dtype."""
 
     def __init__(
         self, net: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], spec: ModelSpec, schedule: Schedule
     ) -> None:
+        super().__init__()
         self.net, self.spec, self.schedule = net, spec, schedule
 
     def output(self, x: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(mean part, variance part or None) of one network call, in x's dtype."""
-        out = self.net(x, t).to(x.dtype)
+        param = next(self.parameters(), None)
+        net_x = x if param is None or not param.is_floating_point() else x.to(param.dtype)
+        out = self.net(net_x, t).to(x.dtype)
         return split_output(out, self.spec.variance)
 
     def predict(
@@ -313,7 +317,7 @@ class ModelFn:
         pred = predict(mean_part, x, t, self.schedule, self.spec.parameterization, clip_x0)
         return pred, model_log_variance(var_part, t, x, self.schedule, self.spec.variance)
 
-    def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         mean_part, _ = self.output(x, t)
         if self.spec.parameterization == "eps":
             return mean_part  # today's eps-models: the network output itself, no extra work

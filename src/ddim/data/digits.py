@@ -16,7 +16,7 @@ from ddim.data.base import (
 class DigitsDataModule(ImageDataModule):
     """scikit-learn's 1,797 8x8 digits (values 0..16), one channel, bilinear-resized to `image_size`.
 
-    Pixels map v -> v / 8 - 1 (0 -> -1, 16 -> 1). The split is fixed: the last `num_test` (297) images
+    Pixels map v -> v / 8 - 1 (0 -> -1, 16 -> 1), rounded to the 256 levels of 8-bit images. The split is fixed: the last `num_test` (297) images
     are the test set, the first 1,500 the training set. Ships with scikit-learn, so it works offline.
     Flips default to off here: mirrored digits (2, 3, 7, ...) are not digits.
     """
@@ -46,7 +46,8 @@ class DigitsDataModule(ImageDataModule):
                 x = F.interpolate(
                     x, size=(self.image_size,) * 2, mode="bilinear", align_corners=False, antialias=True
                 )
-            self._images = x.clamp(-1.0, 1.0)
+            # 8-bit levels like every other image set: the likelihood (nll, vlb loss) is of 256 pixel levels.
+            self._images = ((x.clamp(-1.0, 1.0) + 1.0) * 127.5).round() / 127.5 - 1.0
         return self._images
 
     def _build(self, train: bool) -> Dataset:

@@ -26,6 +26,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from ddim.errors import DDIMError, user_error_in
 from ddim.evaluation.launch import build_trainer, file_in_the_way, single_device
 from ddim.evaluation.scoring import Scorer, prepare_scorer
+from ddim.parameterization import ModelFn, ModelSpec
 from ddim.samplers import SamplerConfig
 from ddim.schedule import Schedule
 
@@ -45,7 +46,7 @@ class Generation:
 
 @dataclass(frozen=True, kw_only=True)
 class EvalContext:
-    net: torch.nn.Module
+    net: ModelFn  # the network read through its parameterization: an eps function for the samplers
     unet_config: dict[str, Any]
     schedule: Schedule
     sampler: SamplerConfig  # validated against the schedule
@@ -213,13 +214,15 @@ def load_context(cfg: DictConfig) -> EvalContext:
     config = ckpt.config
     if resolution is not None and resolution != config["resolution"]:
         config = infer_unet_config(ckpt.state_dict, resolution)  # the same tensors at the given size
-    net = build_unet(ckpt.state_dict, config)
+    unet = build_unet(ckpt.state_dict, config)
     hparams = ckpt.hyper_parameters or {}
     schedule_cfg = hparams.get("schedule") or OmegaConf.to_container(cfg.schedule, resolve=True)
     try:
         schedule = Schedule.from_config(**schedule_cfg)
     except (TypeError, ValueError) as err:
         raise DDIMError(f"Bad noise schedule {schedule_cfg}: {err}") from err
+    # Read the output the way the model was trained (eps/x0/mu/v, learned variance); old files: eps.
+    net = ModelFn(unet, ModelSpec.from_hparams(hparams), schedule)
     sampler = checked_sampler(sampler_from_config(cfg.sampler), schedule)
     output_dir.mkdir(parents=True, exist_ok=True)  # Hydra makes it for CLI runs; the Python API may not
     ema = {True: "EMA", False: "raw", None: "only"}[ckpt.ema]

@@ -28,6 +28,7 @@ from ddim.evaluation.shards import (
     write_shard,
 )
 from ddim.io import to_uint8
+from ddim.parameterization import ModelFn
 from ddim.samplers import SamplerConfig, initial_noise, per_sample_generators
 from ddim.schedule import Schedule
 
@@ -105,7 +106,9 @@ class SampleWriter(pl.LightningModule):
         """uint8 images for sample indices start..stop-1 (deterministic in (seed, index))."""
         generators = per_sample_generators(self.seed, range(start, stop))
         x_T = initial_noise((stop - start, *self.image_shape), generators, device=self.device)
-        x0 = self.sampler.run(self.eps_fn, x_T, self.schedule, generator=generators)
+        # A ModelFn casts for the network itself and carries a learned variance to the ancestral sampler.
+        eps_fn = self.net if isinstance(self.net, ModelFn) else self.eps_fn
+        x0 = self.sampler.run(eps_fn, x_T, self.schedule, generator=generators)
         return to_uint8(x0).cpu()
 
     def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:

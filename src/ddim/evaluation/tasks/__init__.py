@@ -25,6 +25,8 @@ TASKS: dict[str, str] = {
     "interpolation": "ddim.evaluation.tasks.interpolation:run",
     "consistency": "ddim.evaluation.tasks.consistency:run",
     "progressive": "ddim.evaluation.tasks.progressive:run",
+    "nll": "ddim.evaluation.tasks.nll:run",
+    "rate_distortion": "ddim.evaluation.tasks.rate_distortion:run",
 }
 
 
