@@ -72,3 +72,33 @@ def test_nll_refuses_other_shapes_and_bad_options(eval_cfg, eval_overrides, tiny
         _run(eval_cfg, eval_overrides, tiny_ckpt, tmp_path / "a", "task=nll", "data.image_size=16")
     with pytest.raises(DDIMError, match="nll.mode"):
         _run(eval_cfg, eval_overrides, tiny_ckpt, tmp_path / "b", "task=nll", "nll.mode=importance")
+
+
+def test_ablation_table_rows_come_from_checkpoint_hyper_parameters(tiny_net, tiny_schedule, tmp_path):
+    from ddim.evaluation.ablation import collect, write_table
+    from ddim.io import write_json
+    from ddim.lit_module import DiffusionModule
+
+    files = []
+    for i, kw in enumerate([dict(parameterization="mu", loss="vlb"), dict()]):
+        module = DiffusionModule(net=tiny_net, schedule=tiny_schedule, **kw)
+        ckpt = tmp_path / f"{i}.ckpt"
+        torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}, ckpt)
+        files.append(
+            write_json(
+                tmp_path / f"fid{i}" / "metrics.json",
+                {"task": "fid", "checkpoint": str(ckpt), "fid": 10.0 + i},
+            )
+        )
+        files.append(
+            write_json(
+                tmp_path / f"nll{i}" / "metrics.json",
+                {"task": "nll", "checkpoint": str(ckpt), "bits_per_dim": 3.0 + i},
+            )
+        )
+    rows = collect(files)
+    assert [(r["parameterization"], r["loss"], r["fid"], r["nll_bits_per_dim"]) for r in rows] == [
+        ("mu", "vlb", 10.0, 3.0), ("eps", "simple", 11.0, 4.0)]  # fmt: skip
+    assert rows[0]["paper_fid_cifar10"] == 13.22 and rows[1]["paper_fid_cifar10"] == 3.17
+    paths = write_table(rows, tmp_path)
+    assert "| mu | vlb | fixed_large | 10.00 | 3.00 | 13.22 |" in paths["md"].read_text()

@@ -1,0 +1,91 @@
+"""DDPM Table 2 layout for an ablation: rows = parameterization x objective x variance, columns = FID and
+NLL (bits/dim), gathered from the metrics.json of evaluation runs (task=fid and task=nll of each checkpoint).
+
+    python -m ddim.evaluation.ablation OUT_DIR RUN_DIR_OR_SWEEP_DIR...
+
+Each checkpoint's row comes from its own hyper-parameters, so nothing has to be named by hand.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from ddim.io import write_text
+
+# DDPM Table 2 (CIFAR10), for the comparison column: (parameterization, loss, variance) -> FID
+PAPER_FID = {
+    ("mu", "vlb", "learned"): 23.69,
+    ("mu", "vlb", "fixed_large"): 13.22,
+    ("eps", "vlb", "fixed_large"): 13.51,
+    ("eps", "simple", "fixed_large"): 3.17,
+}
+COLUMNS = [
+    "parameterization",
+    "loss",
+    "variance",
+    "fid",
+    "nll_bits_per_dim",
+    "paper_fid_cifar10",
+    "checkpoint",
+]
+
+
+def collect(metrics_files: Iterable[Path]) -> list[dict[str, Any]]:
+    """One row per checkpoint, FID and NLL merged from the runs that measured them."""
+    from ddim.checkpoints import read_checkpoint
+
+    rows: dict[str, dict[str, Any]] = {}
+    for path in metrics_files:
+        m = json.loads(Path(path).read_text())
+        ckpt = m.get("checkpoint")
+        if not ckpt or m.get("task") not in ("fid", "nll", None):
+            continue
+        if ckpt not in rows:
+            hp = read_checkpoint(ckpt).hyper_parameters or {}
+            rows[ckpt] = {
+                "parameterization": hp.get("parameterization", "eps"),
+                "loss": hp.get("loss", "simple"),
+                "variance": hp.get("variance", "fixed_large"),
+                "fid": None,
+                "nll_bits_per_dim": None,
+                "checkpoint": ckpt,
+            }
+        row = rows[ckpt]
+        if "bits_per_dim" in m:
+            row["nll_bits_per_dim"] = m["bits_per_dim"]
+        elif "fid" in m:
+            row["fid"] = m["fid"]
+    for row in rows.values():
+        row["paper_fid_cifar10"] = PAPER_FID.get((row["parameterization"], row["loss"], row["variance"]))
+    return sorted(rows.values(), key=lambda r: (r["parameterization"] != "mu", r["loss"], r["variance"]))
+
+
+def write_table(rows: list[dict[str, Any]], out_dir: Path) -> dict[str, Path]:
+    """table2_ablation.md and .csv in out_dir."""
+
+    def cell(v: Any) -> str:
+        return "-" if v is None else (f"{v:.2f}" if isinstance(v, float) else str(v))
+
+    md = ["| " + " | ".join(COLUMNS[:-1]) + " |", "|" + "---|" * (len(COLUMNS) - 1)]
+    md += ["| " + " | ".join(cell(r[c]) for c in COLUMNS[:-1]) + " |" for r in rows]
+    csv = [",".join(COLUMNS)] + [",".join("" if r[c] is None else str(r[c]) for c in COLUMNS) for r in rows]
+    out_dir = Path(out_dir)
+    return {
+        "md": write_text(out_dir / "table2_ablation.md", "\n".join(md) + "\n"),
+        "csv": write_text(out_dir / "table2_ablation.csv", "\n".join(csv) + "\n"),
+    }
+
+
+def main(argv: list[str]) -> None:
+    out_dir, *roots = argv
+    files = [p for root in roots for p in sorted(Path(root).rglob("metrics.json"))]
+    paths = write_table(collect(files), Path(out_dir))
+    print(Path(paths["md"]).read_text())
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
