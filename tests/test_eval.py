@@ -328,8 +328,8 @@ def test_task_options_are_checked_by_name(compose_config):
         DDIMError, match=r"unknown reconstruction.n_imgs; its options are .*reconstruction.n_images"
     ):
         task_options(cfg, "reconstruction", get_task("reconstruction"))
-    with pytest.raises(DDIMError, match="Unknown task 'nll'; choose task= one of fid, sample"):
-        get_task("nll")
+    with pytest.raises(DDIMError, match="Unknown task 'bpd'; choose task= one of fid, sample"):
+        get_task("bpd")
 
 
 def test_evaluation_does_not_import_training():
