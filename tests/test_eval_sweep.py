@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from ddim.evaluation import evaluate
-from ddim.evaluation.tables import TABLE1_FILES, pivot, write_table1
+from ddim.evaluation.tables import TABLE1_FILES, is_ddim, nfe_pivot, pivot, write_nfe_table, write_table1
 
 
 def _table(path) -> dict[str, dict[str, str]]:
@@ -99,6 +99,21 @@ def test_multirun_ends_with_table1_and_plot(
     assert len(list(sweep_dir.glob("*/metrics.json"))) == 5
     assert float(table["eta = 0.0"]["S=2"]) == pytest.approx(jobs[0]["fid"], rel=1e-5)
 
+    # Fast solvers in the same folder: one quality-per-NFE table (rows: sampler settings, columns: NFE).
+    proc = run_eval_cli([*common, "sampler=dpm_solver_pp,heun", "sampler.steps=3"], timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    solver_jobs = {
+        j["sampler"]: j for j in (json.loads(p.read_text()) for p in sweep_dir.glob("*/metrics.json"))
+    }
+    assert solver_jobs["dpm_solver_pp"]["nfe"] == 3 and solver_jobs["heun"]["nfe"] == 5  # 2 calls per step
+    nfe_table = _table(sweep_dir / "nfe_table.csv")
+    assert {"dpm_solver_pp2_logsnr", "heun_karras", "eta0_uniform", "sigma_hat_uniform_clip"} <= set(
+        nfe_table
+    )
+    assert float(nfe_table["heun_karras"]["NFE=5"]) == pytest.approx(solver_jobs["heun"]["fid"], rel=1e-5)
+    assert (sweep_dir / "fid_vs_nfe.png").is_file()
+    assert list(_table(sweep_dir / "table1.csv")) == ["eta = 0.0", "eta = 1.0", "sigma_hat"]  # DDIM rows only
+
     # Same seed, same samples: the single-job grid gives the same numbers as the multirun.
     out = tmp_path / "grid"
     grid = evaluate(
@@ -119,6 +134,36 @@ def test_multirun_ends_with_table1_and_plot(
     by_point = {(p["eta"], p["steps"]): p["fid"] for p in grid["points"]}
     for job in jobs:
         assert by_point[(job["eta"], job["steps"])] == pytest.approx(job["fid"], rel=1e-9)
+
+
+def test_nfe_table_has_a_row_per_sampler_setting(tmp_path):
+    records = [
+        {
+            "sampler": "ddim",
+            "sampler_label": "eta0_quadratic",
+            "eta": 0.0,
+            "steps": 10,
+            "nfe": 10,
+            "fid": 9.0,
+        },
+        {"sampler": "heun", "sampler_label": "heun_karras", "eta": 0.0, "steps": 5, "nfe": 9, "fid": 7.0},
+        {
+            "sampler": "unipc",
+            "sampler_label": "unipc2_logsnr",
+            "eta": 0.0,
+            "steps": 10,
+            "nfe": 10,
+            "fid": 4.0,
+        },
+    ]
+    rows, cols, cells = nfe_pivot(records)
+    assert rows == ["eta0_quadratic", "heun_karras", "unipc2_logsnr"] and cols == [9, 10]
+    paths = write_nfe_table(records, tmp_path)
+    assert "| heun_karras | 7.00 | - |" in paths["nfe_table.md"].read_text()
+    assert list(pivot([r for r in records if is_ddim(r)])[0]) == ["eta = 0.0"]
+    assert list(write_table1(records, tmp_path / "t1")["table1.md"].read_text().splitlines())[2].startswith(
+        "| eta = 0.0 | 9.00 |"
+    )
 
 
 def test_table_marks_nfe_when_quadratic_steps_repeat(tmp_path):

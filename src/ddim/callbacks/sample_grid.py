@@ -49,7 +49,7 @@ class SampleGrid(pl.Callback):
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         # Fail before training starts, not after the first N steps.
-        self.sampler.validate(pl_module.schedule.num_timesteps)
+        self.sampler.validate(pl_module.schedule)
 
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int

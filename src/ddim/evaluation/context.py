@@ -69,7 +69,9 @@ class EvalContext:
             "skip_type": sampler.skip_type if sampler.timesteps is None else "custom",
             "variance": sampler.variance,
             "clip_x0": bool(sampler.clip_x0),
-            "nfe": sampler.nfe(self.schedule.num_timesteps),
+            "sampler": sampler.name,
+            "sampler_label": sampler.label(),
+            "nfe": sampler.nfe(self.schedule),
             "checkpoint": self.checkpoint,
             "seed": self.seed,
             "num_timesteps": self.schedule.num_timesteps,
@@ -121,7 +123,7 @@ def check_folder_path(path: Path, key: str) -> None:
 def checked_sampler(sampler: SamplerConfig, schedule: Schedule) -> SamplerConfig:
     """Validate, then dry-run the loop on one pixel with a zero network: step-level limits (an eta too
     large for this schedule and sequence) fail here, before a manifest or an image is written."""
-    sampler = sampler.validate(schedule.num_timesteps)
+    sampler = sampler.validate(schedule)
     sampler.run(lambda x, t: torch.zeros_like(x), torch.zeros(1, 1, 1, 1, dtype=torch.float64), schedule)
     return sampler
 

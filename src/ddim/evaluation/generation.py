@@ -75,7 +75,7 @@ class SampleWriter(pl.LightningModule):
         super().__init__()
         self.net = net
         self.schedule = schedule
-        self.sampler = sampler.validate(schedule.num_timesteps)
+        self.sampler = sampler.validate(schedule)
         self.image_shape = tuple(image_shape)
         self.out_dir = Path(out_dir)
         self.plan = plan

@@ -1,4 +1,5 @@
-"""Result tables and plots shaped like the DDIM paper's: Table 1 (FID over eta x S) and Table 2 (MSE over S).
+"""Result tables and plots shaped like the DDIM paper's: Table 1 (FID over eta x S) and Table 2 (MSE over S),
+and the quality-per-NFE table when a sweep runs other samplers (rows: sampler settings, columns: NFE).
 
 Sweeps end here either way: a Hydra multirun (one job per grid point; `SweepTableCallback` reads every
 job's metrics.json when the multirun finishes) or the single-job grid task (which passes its records in).
@@ -41,6 +42,12 @@ PAPER_TABLE1: dict[str, dict[str, dict[int, float]]] = {
 PAPER_TABLE2 = {10: 0.014, 20: 0.0065, 50: 0.0023, 100: 0.0009, 200: 0.0004, 500: 0.0001, 1000: 0.0001}
 
 TABLE1_FILES = ("table1.md", "table1.csv", "fid_vs_steps.png", "results.csv")
+NFE_FILES = ("nfe_table.md", "nfe_table.csv", "fid_vs_nfe.png", "results.csv")
+
+
+def is_ddim(record: dict[str, Any]) -> bool:
+    """Records written before samplers had names are DDIM's."""
+    return record.get("sampler", "ddim") == "ddim"
 
 
 def row_label(record: dict[str, Any]) -> str:
@@ -78,18 +85,20 @@ def _fmt(v: float | None, digits: int = 2) -> str:
 
 
 def markdown_table(
-    rows: Sequence[str], cols: Sequence[int], cells: dict, title: str = "", digits: int = 2
+    rows: Sequence[str], cols: Sequence[int], cells: dict, title: str = "", digits: int = 2, col: str = "S"
 ) -> str:
-    head = f"| {title} | " + " | ".join(f"S={c}" for c in cols) + " |"
+    head = f"| {title} | " + " | ".join(f"{col}={c}" for c in cols) + " |"
     sep = "|---|" + "---|" * len(cols)
     body = [f"| {r} | " + " | ".join(_fmt(cells.get((r, c)), digits) for c in cols) + " |" for r in rows]
     return "\n".join([head, sep, *body]) + "\n"
 
 
-def write_csv_table(path: Path, rows: Sequence[str], cols: Sequence[int], cells: dict) -> None:
+def write_csv_table(
+    path: Path, rows: Sequence[str], cols: Sequence[int], cells: dict, col: str = "S"
+) -> None:
     with atomic_write(path, "w") as f:
         w = csv.writer(f)
-        w.writerow(["row", *[f"S={c}" for c in cols]])
+        w.writerow(["row", *[f"{col}={c}" for c in cols]])
         for r in rows:
             w.writerow([r, *["" if cells.get((r, c)) is None else f"{cells[(r, c)]:.6g}" for c in cols]])
 
@@ -107,7 +116,12 @@ def write_records_csv(path: Path, records: Sequence[dict[str, Any]]) -> None:
 
 
 def plot_fid_vs_steps(
-    path: Path, rows: Sequence[str], cols: Sequence[int], cells: dict, value: str = "fid"
+    path: Path,
+    rows: Sequence[str],
+    cols: Sequence[int],
+    cells: dict,
+    value: str = "fid",
+    xlabel: str = "S (sampling steps)",
 ) -> None:
     import matplotlib
 
@@ -126,7 +140,7 @@ def plot_fid_vs_steps(
     values = [v for v in cells.values() if v > 0]
     if values and max(values) / min(values) > 50:
         ax.set_yscale("log")
-    ax.set_xlabel("S (sampling steps)")
+    ax.set_xlabel(xlabel)
     ax.set_ylabel(value.upper())
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
@@ -153,6 +167,7 @@ def write_table1(
     """table1.md / table1.csv (rows eta and sigma_hat, columns S), results.csv and fid_vs_steps.png."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    all_records, records = records, [r for r in records if is_ddim(r)]
     rows, cols, cells = pivot(records, value)
     if not cells:
         raise ValueError(f"No record holds {value!r}; nothing to tabulate.")
@@ -171,9 +186,46 @@ def write_table1(
     paths = {name: out_dir / name for name in TABLE1_FILES}
     write_text(paths["table1.md"], md)
     write_csv_table(paths["table1.csv"], rows, cols, cells)
-    write_records_csv(paths["results.csv"], records)
+    write_records_csv(paths["results.csv"], all_records)
     plot_fid_vs_steps(paths["fid_vs_steps.png"], rows, cols, cells, value)
     log.info("Table 1:\n" + md)
+    return paths
+
+
+def nfe_pivot(records: Iterable[dict[str, Any]], value: str = "fid") -> tuple[list[str], list[int], dict]:
+    """(sampler labels, NFE values, {(label, NFE): value}): rows keep the order samplers first appear in."""
+    cells: dict[tuple[str, int], float] = {}
+    rows: list[str] = []
+    for r in records:
+        if r.get(value) is None or r.get("nfe") is None:
+            continue
+        label = r.get("sampler_label") or f"{r.get('sampler', 'ddim')}"
+        rows += [label] * (label not in rows)
+        cells[(label, int(r["nfe"]))] = float(r[value])
+    return rows, sorted({c for _, c in cells}), cells
+
+
+def write_nfe_table(
+    records: Sequence[dict[str, Any]], out_dir: str | Path, value: str = "fid"
+) -> dict[str, Path]:
+    """nfe_table.md / .csv (rows: sampler settings, columns: network calls actually made), fid_vs_nfe.png and
+    results.csv: the quality-per-NFE comparison of a sweep over samplers (e.g. sampler=ddim,dpm_solver_pp)."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows, cols, cells = nfe_pivot(records, value)
+    if not cells:
+        raise ValueError(f"No record holds {value!r} and nfe; nothing to tabulate.")
+    n = sorted({int(r["n_samples"]) for r in records if r.get("n_samples") is not None})
+    title = f"{value.upper()} ({', '.join(map(str, n))} samples)" if n else value.upper()
+    md = markdown_table(rows, cols, cells, title, col="NFE")
+    paths = {name: out_dir / name for name in NFE_FILES}
+    write_text(paths["nfe_table.md"], md)
+    write_csv_table(paths["nfe_table.csv"], rows, cols, cells, col="NFE")
+    write_records_csv(paths["results.csv"], records)
+    plot_fid_vs_steps(
+        paths["fid_vs_nfe.png"], rows, cols, cells, value, xlabel="NFE (network calls per sample)"
+    )
+    log.info("Quality per NFE:\n" + md)
     return paths
 
 
@@ -211,6 +263,7 @@ def _failure_record(config: DictConfig, error: BaseException) -> dict[str, Any]:
     """What a failed job was meant to measure (its table cell) and why it failed."""
     record: dict[str, Any] = {"status": "failed", "error": str(error).strip().splitlines()[0][:500]}
     sampler = config.get("sampler") or {}
+    record["sampler"] = str(sampler.get("name", "ddim"))  # a failed solver job is no Table 1 cell
     try:
         record.update(eta=float(sampler.get("eta")), steps=int(sampler.get("steps")))
         record["variance"] = str(sampler.get("variance", "eta"))
@@ -266,7 +319,13 @@ class SweepTableCallback(Callback):
             log.info(f"No job under {sweep_dir} reported {self.value!r}; no sweep table.")
             return None
         data = config.get("data")
-        return write_table1(records, sweep_dir, self.value, paper_key(data.get("_target_") if data else None))
+        paths = {}
+        if any(not is_ddim(r) and r.get(self.value) is not None for r in records):
+            paths.update(write_nfe_table(records, sweep_dir, self.value))
+        if any(is_ddim(r) and r.get(self.value) is not None for r in records):
+            paper = paper_key(data.get("_target_") if data else None)
+            paths.update(write_table1(records, sweep_dir, self.value, paper))
+        return paths
 
 
 def _log_sweep_to_wandb(config: DictConfig, paths: dict[str, Path]) -> None:

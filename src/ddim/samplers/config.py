@@ -167,16 +167,21 @@ class SamplerConfig:
     def tag(self) -> str:
         """A short name for directories and table rows, e.g. 'eta0_S100_uniform', 'sigma_hat_S1000_uniform_clip'
         or 'dpm_solver_pp2_S10_logsnr'."""
-        span = (
-            f"custom{len(self.timesteps)}"
-            if self.timesteps is not None
-            else f"S{self.steps}_{self.skip_type}"
-        )
+        head, spacing, extras = self._name_parts()
+        span = spacing if self.timesteps is not None else f"S{self.steps}_{spacing}"
+        return "_".join([head, span, *extras])
+
+    def label(self) -> str:
+        """The tag without the number of steps: one row of a quality-per-NFE table, e.g. 'unipc2_logsnr'."""
+        head, spacing, extras = self._name_parts()
+        return "_".join([head, spacing, *extras])
+
+    def _name_parts(self) -> tuple[str, str, list[str]]:
+        spacing = f"custom{len(self.timesteps)}" if self.timesteps is not None else self.skip_type
         if self.name == "ddim":
             head = "sigma_hat" if self.variance == "sigma_hat" else f"eta{float(self.eta):g}"
-            return f"{head}_{span}{'_clip' if self.clip_x0 else ''}"
+            return head, spacing, ["clip"] * self.clip_x0
         takes_order, uses_lof, _ = SAMPLERS[self.name]
-        head = f"{self.name}{self.order if takes_order else ''}"
         extras = []
         if (
             self.name in ("dpm_solver_pp", "sde_dpm_solver_pp", "dpm_solver")
@@ -193,7 +198,7 @@ class SamplerConfig:
             extras.append("nolof")
         if self.final_step != "denoise":
             extras.append("nodenoise")
-        return "_".join([head, span, *extras])
+        return f"{self.name}{self.order if takes_order else ''}", spacing, extras
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -17,7 +17,7 @@ from ddim.samplers import interpolate
 def run(ctx: EvalContext, *, n_pairs: int, n_points: int) -> TaskResult:
     t0 = time.perf_counter()
     z, _ = latents(ctx, 2 * int(n_pairs))
-    seq = ctx.sampler.timestep_sequence(ctx.schedule.num_timesteps)
+    seq = ctx.sampler.timestep_sequence(ctx.schedule)
     grid = interpolate(
         network(ctx), z[0::2], z[1::2], int(n_points), seq, ctx.schedule, batch_size=ctx.generation.batch_size
     )

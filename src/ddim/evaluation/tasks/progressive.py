@@ -6,6 +6,7 @@ import time
 
 import torch
 
+from ddim.errors import DDIMError
 from ddim.evaluation.context import EvalContext
 from ddim.evaluation.reporting import TaskResult
 from ddim.evaluation.tasks._figure import figure_result, latents, network
@@ -18,7 +19,12 @@ def run(ctx: EvalContext, *, n_samples: int, every: int | None) -> TaskResult:
     t0 = time.perf_counter()
     x_T, generators = latents(ctx, int(n_samples))
     s = ctx.sampler
-    seq = s.timestep_sequence(ctx.schedule.num_timesteps)
+    if s.name != "ddim":
+        raise DDIMError(
+            f"task=progressive shows x0_hat along the generalized (DDIM/DDPM) chain; sampler={s.name} keeps no "
+            "such trajectory: use sampler=ddim or sampler=ddpm."
+        )
+    seq = s.timestep_sequence(ctx.schedule)
     every = int(every) if every else max(1, len(seq) // 10)
     grid = progressive(
         network(ctx),
