@@ -3,17 +3,22 @@
 import logging
 import sys
 
-import hydra
-from omegaconf import DictConfig
+from ddim.cpu_threads import describe_threads, use_passive_waiting
 
-from ddim.errors import user_error_in
-from ddim.training import train
+use_passive_waiting()  # before torch loads: OpenMP reads its settings once
+
+import hydra  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
+
+from ddim.errors import user_error_in  # noqa: E402
+from ddim.training import train  # noqa: E402
 
 log = logging.getLogger("train")
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 def main(cfg: DictConfig) -> None:
+    log.info(describe_threads())
     try:
         train(cfg)
     except Exception as exc:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import pytorch_lightning as pl
 import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, open_dict
@@ -186,6 +187,50 @@ def ema_unet(tiny_ckpt, tiny_net) -> torch.nn.Module:
     net = UNet(**tiny_net).eval()
     net.load_state_dict({k[len("ema_net.") :]: v for k, v in sd.items() if k.startswith("ema_net.")})
     return net
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Training probes (Hydra `_target_`s for training subprocesses, which get tests/ on PYTHONPATH)
+
+
+class RecordNetInputs(pl.Callback):
+    """Writes <dirpath>/rank<r>.pt: each training step's clean batch x0 and the (x_t, t) the network was fed."""
+
+    def __init__(self, dirpath: str) -> None:
+        self.dirpath = Path(dirpath)
+        self.records: dict[str, list[torch.Tensor]] = {"x0": [], "x_t": [], "t": []}
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        def record(module, args):
+            if module.training:
+                self.records["x_t"].append(args[0].detach().clone())
+                self.records["t"].append(args[1].detach().clone())
+
+        pl_module.net.register_forward_pre_hook(record)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self.records["x0"].append(batch.detach().clone())
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.dirpath.mkdir(parents=True, exist_ok=True)
+        records = {k: torch.stack(v) for k, v in self.records.items()}
+        records["alphas_cumprod"] = pl_module.schedule.alphas_cumprod
+        torch.save(records, self.dirpath / f"rank{trainer.global_rank}.pt")
+
+
+class Killed(Exception):
+    """Stands in for a kill: raised by KillAtStep, it ends the run without any further hook saving anything."""
+
+
+class KillAtStep(pl.Callback):
+    """Ends the run abruptly when the given optimizer step is about to start (after earlier checkpoints)."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_step == self.step:
+            raise Killed(f"killed before step {self.step}")
 
 
 # ----------------------------------------------------------------------------------------------------------

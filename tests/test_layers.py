@@ -27,7 +27,10 @@ LAYERS: tuple[tuple[str, int], ...] = (
     ("ddim.lit_module", 3),
     ("ddim.callbacks", 3),
     ("ddim.hydra_utils", 3),
+    ("ddim.checkpoint_io", 3),
+    ("ddim.train_checks", 3),
     ("ddim.training", 4),
+    ("ddim.cpu_threads", 4),
     ("ddim.evaluation", 4),
     ("ddim", 0),  # the package's own __init__
 )

@@ -26,8 +26,12 @@ TINY = [
 ]
 
 
-def run_train(args: list[str], run_dir: Path, timeout: int = 300) -> subprocess.CompletedProcess:
+def run_train(
+    args: list[str], run_dir: Path, timeout: int = 300, pythonpath: list[Path] = ()
+) -> subprocess.CompletedProcess:
     env = {**os.environ, "HYDRA_FULL_ERROR": "0", "PYTHONWARNINGS": "ignore"}
+    if pythonpath:
+        env["PYTHONPATH"] = os.pathsep.join([*map(str, pythonpath), env.get("PYTHONPATH", "")])
     return subprocess.run(
         [sys.executable, str(ROOT / "src" / "train.py"), f"hydra.run.dir={run_dir}", *args],
         capture_output=True,
@@ -109,18 +113,54 @@ def test_resume_continues_step_optimizer_schedule_and_ema(tmp_path, train_cfg):
     assert module.hparams["ema_decay"] == 0.999
 
 
-def test_two_process_ddp_on_cpu_trains(tmp_path):
-    run_dir = tmp_path / "ddp"
-    result = run_train(
-        [*QUICK, "trainer.max_steps=3", "trainer.devices=2", "trainer.strategy=ddp", "logger=none"], run_dir
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+def _noise(records: dict) -> torch.Tensor:
+    """The noise each step drew, recovered from x_t = sqrt(a_t) x0 + sqrt(1 - a_t) eps."""
+    a = records["alphas_cumprod"][records["t"]].float().view(*records["t"].shape, 1, 1, 1)
+    return (records["x_t"] - a.sqrt() * records["x0"]) / (1 - a).sqrt()
+
+
+def test_two_process_ddp_on_cpu_draws_distinct_noise_per_rank_and_reproduces(tmp_path):
+    probes = {}
+    for attempt in ("first", "again"):
+        run_dir = tmp_path / attempt
+        probe = [
+            "+callbacks.probe._target_=conftest.RecordNetInputs",
+            f"+callbacks.probe.dirpath={run_dir / 'probe'}",
+        ]
+        args = [
+            *QUICK,
+            "trainer.max_steps=3",
+            "trainer.devices=2",
+            "trainer.strategy=ddp",
+            "logger=none",
+            *probe,
+        ]
+        result = run_train(args, run_dir, pythonpath=[ROOT / "tests"])
+        assert result.returncode == 0, result.stderr[-3000:]
+        probes[attempt] = [torch.load(run_dir / "probe" / f"rank{r}.pt") for r in (0, 1)]
+    rank0, rank1 = probes["first"]
+    assert rank0["t"].shape == (3, 2)
+    # Each rank draws its own timesteps and noise (recovered from what the network was fed) ...
+    assert not torch.equal(rank0["t"], rank1["t"])
+    noise0, noise1 = _noise(rank0), _noise(rank1)
+    assert (noise0 - noise1).abs().min() > 1e-4 and 0.5 < noise0.std() < 1.5
+    # ... while the data order is one global shuffle split between the ranks: no image on both.
+    images0, images1 = rank0["x0"].flatten(0, 1), rank1["x0"].flatten(0, 1)
+    assert not any(torch.equal(a, b) for a in images0 for b in images1)
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["global_step"] == 3 and metrics["world_size"] == 2
     # The run ends with a resumable checkpoint of its last step, not only of the last interval.
     ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert ckpt["global_step"] == 3
     assert any(k.startswith("ema_net.") for k in ckpt["state_dict"])
+    # Each rank keeps its own random stream in the checkpoint.
+    ranks = ckpt["callbacks"]["RandomStreams"]["ranks"]
+    assert len(ranks) == 2 and not torch.equal(ranks[0]["step"]["cpu"], ranks[1]["step"]["cpu"])
+
+    # The same seed and world size give the same run.
+    for first, again in zip(probes["first"], probes["again"], strict=True):
+        for key in ("x0", "x_t", "t"):
+            assert torch.equal(first[key], again[key])
 
 
 @pytest.mark.parametrize(

@@ -105,7 +105,6 @@ class DiffusionModule(pl.LightningModule):
         # The EMA copy is a registered submodule so it is saved in, and restored from, every checkpoint.
         self.ema_net = copy.deepcopy(self.net).requires_grad_(False).eval()
         self.schedule = Schedule.from_config(**schedule)
-        self._ema_updated_at_step = -1
         self._data_checked = not needs_discrete_data(loss)
         if timestep_sampler == "loss_aware":
             # Recent losses per timestep; buffers so they are saved with (and resumed from) the checkpoint.
@@ -193,15 +192,15 @@ class DiffusionModule(pl.LightningModule):
         self.log("val/loss_ema", loss, prog_bar=True, sync_dist=True)
         return loss
 
-    @torch.no_grad()
-    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        # Update once per optimizer step (not per micro-batch under gradient accumulation).
-        if self.global_step == self._ema_updated_at_step:
-            return
-        self._ema_updated_at_step = self.global_step
-        ema_params = list(self.ema_net.parameters())
-        params = [p.detach() for p in self.net.parameters()]
-        torch._foreach_lerp_(ema_params, params, 1.0 - self.hparams["ema_decay"])
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        super().optimizer_step(*args, **kwargs)
+        # Here, once per optimizer step, and before any callback's on_train_batch_end: a checkpoint saved
+        # there must hold the EMA of the weights it holds, or a resumed run misses one update.
+        with torch.no_grad():
+            ema_params = list(self.ema_net.parameters())
+            torch._foreach_lerp_(
+                ema_params, [p.detach() for p in self.net.parameters()], 1.0 - self.hparams["ema_decay"]
+            )
 
     def configure_optimizers(self) -> dict:
         optim = self.hparams["optim"]

@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from ddim.data.resumable import ResumableLoader
 from ddim.errors import DDIMError
 from ddim.io import from_pil
 
@@ -60,21 +61,6 @@ class ImageFiles(Dataset):
         with Image.open(self.paths[index]) as img:
             img = self.transform(img.convert("RGB"))
         return to_unit_range(from_pil(img))
-
-
-class _RandomHFlip(Dataset):
-    """Mirror each item with probability p; the draw uses torch's global RNG, which Lightning seeds per worker."""
-
-    def __init__(self, dataset: Dataset, p: float = 0.5) -> None:
-        self.dataset = dataset
-        self.p = p
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, index: int) -> torch.Tensor:
-        x = self.dataset[index]
-        return x.flip(-1) if torch.rand(()) < self.p else x
 
 
 def resize(img: Image.Image, image_size: int) -> Image.Image:
@@ -185,9 +171,17 @@ class ImageDataModule(pl.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        dataset = _RandomHFlip(self.train_set) if self.flip else self.train_set
-        # Full batches keep the loss scale constant, unless the (limited) set is smaller than one batch.
-        return self._loader(dataset, shuffle=True, drop_last=len(dataset) >= self.batch_size)
+        # Order and flips come from (seed, epoch), the same on every rank and after a resume mid-epoch.
+        return ResumableLoader(
+            self.train_set,
+            batch_size=self.batch_size,
+            flip=self.flip,
+            # Full batches keep the loss scale constant, unless the (limited) set is smaller than one batch.
+            drop_last=len(self.train_set) >= self.batch_size,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.persistent_workers,
+        )
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(_first(self.test_set, self.val_size), shuffle=False, drop_last=False)

@@ -16,6 +16,7 @@ from ddim.data.base import (
     ImageFiles,
     resize,
 )
+from ddim.data.image_check import check_images
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 
@@ -68,6 +69,7 @@ class ImageFolderDataModule(ImageDataModule):
                 f"No images ({', '.join(IMAGE_EXTENSIONS)}) found under data.root={root} "
                 f"({os.path.abspath(root)}): point data.root at a folder of images."
             )
+        check_images(paths)
         return paths
 
     def _build(self, train: bool) -> Dataset:
