@@ -3,7 +3,7 @@
 
 from ddim.samplers.config import SAMPLERS, SamplerConfig
 from ddim.samplers.dpm_solver import dpm_solver_multistep, dpm_solver_singlestep
-from ddim.samplers.figures import consistency, interpolate, progressive, slerp
+from ddim.samplers.figures import consistency, denoise_from, interpolate, progressive, shared_latents, slerp
 from ddim.samplers.generalized import (
     VARIANCES,
     SamplerError,
@@ -34,6 +34,7 @@ __all__ = [
     "SamplerError",
     "Trajectory",
     "consistency",
+    "denoise_from",
     "encode",
     "generalized_step",
     "initial_noise",
@@ -43,5 +44,6 @@ __all__ = [
     "progressive",
     "reconstruct",
     "sample",
+    "shared_latents",
     "slerp",
 ]

@@ -1,5 +1,6 @@
 """The papers' figures built on the sampler loop: latent interpolation (DDIM Fig. 6), consistency over S
-(DDIM Fig. 5) and progressive x0_hat (DDPM Fig. 6).
+(DDIM Fig. 5), progressive x0_hat (DDPM Fig. 6), and DDPM's progressive decompression (Sec. 4.3): x0_hat
+predicted from x_t ~ q(x_t | x_0) of a real image, and samples of p(x_0 | x_t) sharing one chain's x_t.
 
 Each returns a (rows, cols, C, H, W) tensor, rows = samples and cols = the varied quantity, which
 `ddim.images.save_grid` lays out as given.
@@ -11,7 +12,8 @@ from collections.abc import Sequence
 
 import torch
 
-from ddim.samplers.generalized import EpsFn, Generators, SamplerError, _sequence, _steps, sample
+from ddim.diffusion import predict_x0, q_sample
+from ddim.samplers.generalized import EpsFn, Generators, SamplerError, _sequence, _steps, _t_batch, sample
 from ddim.schedule import Schedule, timestep_sequence
 
 
@@ -106,3 +108,78 @@ def progressive(
         if k == keep[-1]:
             break
     return torch.stack(frames, dim=1)
+
+
+def denoise_from(
+    eps_fn: EpsFn,
+    x0: torch.Tensor,
+    timesteps: Sequence[int],
+    schedule: Schedule,
+    noise: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """x_t = q_sample(x0, t, noise) and the network's x0_hat(x_t, t) for each t -> two (B, K, C, H, W).
+
+    One noise draw per image (noise has x0's shape) for every t, so the columns differ only by how much of
+    the image the forward process has destroyed: what a receiver of x_t could reconstruct (DDPM Sec. 4.3).
+    """
+    T = schedule.num_timesteps
+    if not timesteps or any(not 0 <= int(t) < T for t in timesteps):
+        raise SamplerError(f"denoise_from: timesteps must lie in [0, {T - 1}], got {list(timesteps)}.")
+    table = schedule.alphas_cumprod
+    x_ts, x0_hats = [], []
+    for t in timesteps:
+        t_batch = _t_batch(int(t), x0)
+        x_t = q_sample(x0, t_batch, noise, table)
+        eps = eps_fn(x_t, t_batch).to(x0.dtype)
+        x_ts.append(x_t)
+        x0_hats.append(predict_x0(x_t, eps, float(table[int(t)])))
+    return torch.stack(x_ts, dim=1), torch.stack(x0_hats, dim=1)
+
+
+def shared_latents(
+    eps_fn: EpsFn,
+    x_T: torch.Tensor,
+    timesteps: torch.Tensor | Sequence[int],
+    schedule: Schedule,
+    stops: Sequence[int],
+    generator: Generators,
+    continuation_generators: Sequence[Sequence[torch.Generator]],
+    eta: float = 1.0,
+    variance: str = "eta",
+    clip_x0: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One chain from x_T (a batch of 1) stopped at each timestep in `stops`, and from there n continuations
+    to x_0, continuation c of stop k drawing its noise from continuation_generators[k][c] (DDPM Fig. 7/10:
+    samples of p(x_0 | x_t) that share x_t; the later the stop, the more they share).
+
+    stops must be members of the sub-sequence `timesteps`. Returns (x_t of each stop: (K, C, H, W),
+    samples: (K, n, C, H, W)). The chain and the continuations take the same steps, so a continuation from
+    the chain's own noise would reproduce the chain's sample.
+    """
+    if x_T.shape[0] != 1:
+        raise SamplerError(f"shared_latents follows one chain: x_T must be a batch of 1, got {x_T.shape[0]}.")
+    seq = _sequence(timesteps, schedule)
+    wanted = [int(t) for t in stops]
+    if not wanted or any(t not in seq for t in wanted):
+        raise SamplerError(f"shared_latents: stops must be timesteps of the sequence {seq}, got {wanted}.")
+    if len(continuation_generators) != len(wanted):
+        raise SamplerError(
+            f"shared_latents: one list of generators per stop, got {len(continuation_generators)} for "
+            f"{len(wanted)} stops."
+        )
+    states, x = {}, x_T  # x_T is the state at the last element of seq; each step lands on the next lower one
+    steps = _steps(eps_fn, x_T, seq, schedule, eta, variance, clip_x0, generator)
+    for t in reversed(seq):
+        if t != seq[-1]:
+            x, _ = next(steps)
+        if t in wanted:
+            states[t] = x
+        if t == min(wanted):
+            break
+    x_ts, samples = [], []
+    for t, gens in zip(wanted, continuation_generators, strict=True):
+        start = states[t].expand(len(gens), *x_T.shape[1:]).clone()
+        rest = seq[: seq.index(t) + 1]
+        samples.append(sample(eps_fn, start, rest, schedule, eta, variance, clip_x0, list(gens)))
+        x_ts.append(states[t][0])
+    return torch.stack(x_ts), torch.stack(samples)

@@ -32,17 +32,18 @@ SPLITS = ("test", "train")
 BITS_TO_RMSE = 127.5  # x0_hat errors on [-1, 1] -> the [0, 255] scale
 
 
-def _dataset(ctx: EvalContext, split: str) -> Any:
+def split_dataset(ctx: EvalContext, split: str, task: str = "nll") -> Any:
+    """The test or train set of the data config (refused when its images are not the checkpoint's shape)."""
     if split not in SPLITS:
-        raise DDIMError(f"nll.split must be one of {SPLITS}, got {split!r}.")
+        raise DDIMError(f"{task}.split must be one of {SPLITS}, got {split!r}.")
     dm = ctx.make_datamodule()  # refuses data whose image shape is not the checkpoint's
     try:
         return dm.test_set if split == "test" else dm.train_set
     except FileNotFoundError as err:
-        raise DDIMError(f"task=nll needs the {split} split: {err}") from err
+        raise DDIMError(f"task={task} needs the {split} split: {err}") from err
 
 
-def _batch(dataset: Any, start: int, stop: int) -> torch.Tensor:
+def image_batch(dataset: Any, start: int, stop: int) -> torch.Tensor:
     items = [dataset[i] for i in range(start, stop)]
     return torch.stack([x[0] if isinstance(x, (list, tuple)) else x for x in items])
 
@@ -96,7 +97,7 @@ def measure(
         raise DDIMError(f"nll.mode must be 'exact' (all T terms) or 'mc' (K random timesteps), got {mode!r}.")
     if mode == "mc" and int(timesteps_per_image) < 1:
         raise DDIMError(f"nll.timesteps_per_image must be >= 1, got {timesteps_per_image!r}.")
-    dataset = _dataset(ctx, split)
+    dataset = split_dataset(ctx, split)
     n = len(dataset) if n_images is None else min(int(n_images), len(dataset))
     if n < 1:
         raise DDIMError(f"nll.n_images must be >= 1, got {n_images!r}.")
@@ -110,7 +111,7 @@ def measure(
             if path.is_file():  # resume: this batch was measured by an earlier run with the same settings
                 parts.append(BoundTerms(**torch.load(path, weights_only=True)))
                 continue
-            x0 = _batch(dataset, start, stop)
+            x0 = image_batch(dataset, start, stop)
             if not is_discrete(x0):
                 raise DDIMError(
                     "task=nll needs 8-bit images (256 levels on [-1, 1]): the decoder term is a probability of "

@@ -1,41 +1,135 @@
-"""task=progressive (DDPM Fig. 6 with sampler=ddpm): x0_hat along one chain of the configured sampler."""
+"""task=progressive: DDPM's progressive generation and decompression (Sec. 4.3), three figures:
+
+progressive.png     x0_hat along one chain of the configured sampler (DDPM Fig. 6 with sampler=ddpm)
+decompression.png   real images of the data split: x_t ~ q(x_t | x_0) and the network's x0_hat(x_t) at
+                    each of progressive.timesteps (what a receiver holding x_t could reconstruct)
+shared_latents.png  one chain stopped at each t, then n continuations with their own noise: samples of
+                    p(x_0 | x_t) that share x_t (DDPM Fig. 7 / 10). Continuations are ancestral (eta = 1,
+                    or the sampler's sigma_hat variance, and a learned variance when the model has one) on
+                    the sampler's sub-sequence, since p(x_0 | x_t) is the ancestral chain; a stop is the
+                    sub-sequence's timestep nearest to each requested t.
+"""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 
 import torch
 
 from ddim.errors import DDIMError
 from ddim.evaluation.context import EvalContext
 from ddim.evaluation.reporting import TaskResult
-from ddim.evaluation.tasks._figure import figure_result, latents, network
-from ddim.samplers import progressive
+from ddim.evaluation.tasks._figure import latents, network
+from ddim.evaluation.tasks.nll import image_batch, split_dataset
+from ddim.images import save_grid
+from ddim.samplers import denoise_from, initial_noise, per_sample_generators, progressive, shared_latents
+
+# Continuation c of stop k draws from the generator of sample index CONTINUATION_INDEX + k * n + c: far above
+# any sample index a run makes, so continuations never replay the noise of task=sample's images.
+CONTINUATION_INDEX = 2**31
+DEFAULT_FRAMES = 10
+
+
+def _timesteps(values: Sequence[int] | None, T: int) -> list[int]:
+    """The requested t, validated, distinct, from the noisiest to the cleanest; None = 10 spread over [0, T-1]."""
+    if values is None:
+        return sorted({round(v) for v in torch.linspace(0, T - 1, DEFAULT_FRAMES).tolist()}, reverse=True)
+    try:
+        ts = [int(v) for v in values if not isinstance(v, bool) and int(v) == v]
+    except (TypeError, ValueError):
+        ts = []
+    if not ts or len(ts) != len(values) or any(not 0 <= t < T for t in ts):
+        raise DDIMError(
+            f"progressive.timesteps must be a list of integers in [0, {T - 1}] (this checkpoint has T={T}), "
+            f"got {values!r}: pass e.g. progressive.timesteps=[{T - 1},{T // 2},{T // 10},0], or null."
+        )
+    return sorted(set(ts), reverse=True)
+
+
+def _count(value: int, key: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise DDIMError(f"progressive.{key} must be an integer >= 0 (0 = no such figure), got {value!r}.")
+    return value
+
+
+def nearest_members(timesteps: list[int], seq: list[int]) -> list[int]:
+    """For each t, the member of the sub-sequence nearest to it (the lower on a tie), without repeats."""
+    stops = [min(seq, key=lambda s: (abs(s - t), s)) for t in timesteps]
+    return list(dict.fromkeys(stops))
+
+
+def continuation_generators(seed: int, n_stops: int, n: int) -> list[list[torch.Generator]]:
+    return [
+        per_sample_generators(seed, range(CONTINUATION_INDEX + k * n, CONTINUATION_INDEX + (k + 1) * n))
+        for k in range(n_stops)
+    ]
 
 
 @torch.inference_mode()
-def run(ctx: EvalContext, *, n_samples: int, every: int | None) -> TaskResult:
-    """every: keep every k-th step's x0_hat; None = about 11 frames."""
+def run(
+    ctx: EvalContext,
+    *,
+    n_samples: int,
+    every: int | None,
+    split: str,
+    n_images: int,
+    timesteps: Sequence[int] | None,
+    n_continuations: int,
+) -> TaskResult:
+    """every: keep every k-th step's x0_hat; None = about 11 frames. n_images / n_continuations: 0 = skip
+    that figure."""
     t0 = time.perf_counter()
-    x_T, generators = latents(ctx, int(n_samples))
-    s = ctx.sampler
+    T = ctx.schedule.num_timesteps
+    ts = _timesteps(timesteps, T)
+    n_images, n_continuations = _count(n_images, "n_images"), _count(n_continuations, "n_continuations")
+    dataset = split_dataset(ctx, split, "progressive") if n_images else None
+    net, s = network(ctx), ctx.sampler
     if s.name != "ddim":
         raise DDIMError(
             f"task=progressive shows x0_hat along the generalized (DDIM/DDPM) chain; sampler={s.name} keeps no "
             "such trajectory: use sampler=ddim or sampler=ddpm."
         )
     seq = s.timestep_sequence(ctx.schedule)
+    seq = seq.tolist() if isinstance(seq, torch.Tensor) else list(seq)
+
+    x_T, generators = latents(ctx, int(n_samples))
     every = int(every) if every else max(1, len(seq) // 10)
-    grid = progressive(
-        network(ctx),
-        x_T,
-        seq,
-        ctx.schedule,
-        every=every,
-        eta=float(s.eta),
-        variance=s.variance,
-        clip_x0=s.clip_x0,
+    chain = progressive(
+        net, x_T, seq, ctx.schedule, every=every, eta=float(s.eta), variance=s.variance, clip_x0=s.clip_x0,
         generator=generators,
-    )
-    info = {"n_samples": int(n_samples), "every": every, "frames": int(grid.shape[1])}
-    return figure_result(ctx, "progressive", grid, info, t0)
+    )  # fmt: skip
+    paths = {"progressive": save_grid(chain, ctx.output_dir / "progressive.png")}
+    info = {"n_samples": int(n_samples), "every": every, "frames": int(chain.shape[1])}
+
+    if n_images:
+        n = min(n_images, len(dataset))
+        x0 = image_batch(dataset, 0, n).to(ctx.device)
+        noise = initial_noise(x0.shape, per_sample_generators(ctx.seed, range(n)), device=ctx.device)
+        x_ts, x0_hats = denoise_from(net, x0, ts, ctx.schedule, noise)
+        originals = x0[:, None]
+        rows = torch.stack([torch.cat([originals, x_ts], 1), torch.cat([originals, x0_hats], 1)], 1)
+        paths["decompression"] = save_grid(rows.flatten(0, 1), ctx.output_dir / "decompression.png")
+        info.update(split=split, n_images=n, decompression_timesteps=ts)
+
+    if n_continuations:
+        stops = nearest_members(ts, seq)
+        chain_x_T, chain_generators = latents(ctx, 1)  # the chain of sample 0
+        x_t, samples = shared_latents(
+            net, chain_x_T, seq, ctx.schedule, stops, chain_generators,
+            continuation_generators(ctx.seed, len(stops), n_continuations),
+            eta=1.0, variance="sigma_hat" if s.variance == "sigma_hat" else "eta", clip_x0=s.clip_x0,
+        )  # fmt: skip
+        grid = torch.cat([x_t[:, None], samples], 1)
+        paths["shared_latents"] = save_grid(grid, ctx.output_dir / "shared_latents.png")
+        info.update(shared_latent_timesteps=stops, n_continuations=n_continuations)
+
+    record = {
+        "task": "progressive",
+        **ctx.sampler_record(s),
+        **info,
+        "figure": str(paths["progressive"]),
+        "figures": {k: str(v) for k, v in paths.items()},
+        "wall_time_s": round(time.perf_counter() - t0, 3),
+    }
+    return TaskResult(record, images=paths)
