@@ -8,12 +8,15 @@ import pytest
 import torch
 
 from ddim.likelihood import (
+    BoundTerms,
     bound_terms,
     discretized_gaussian_log_likelihood,
     exact_bound,
     is_discrete,
+    kl_strata,
     mean_and_ci,
     monte_carlo_bound,
+    monte_carlo_timesteps,
     normal_kl,
 )
 from ddim.parameterization import ModelFn, ModelSpec, tables
@@ -158,8 +161,9 @@ def _fixed(kind):
     return lambda t: float(table[t])
 
 
-def _code_bound(variance, n_images=32, side=32, seed=0):
-    """The bound by ddim.likelihood on quantized Gaussian images with the oracle network (all T terms)."""
+def _code_bound(variance, n_images=32, side=32, seed=0, draws=None):
+    """The bound by ddim.likelihood on quantized Gaussian images with the oracle network (all T terms, or
+    with draws=K the Monte-Carlo columns: t = 0 and one t per KL stratum)."""
     oracle = GaussianOracle(torch.full((1, side, side), MU), torch.full((1, side, side), STD), SCHED)
     g = torch.Generator().manual_seed(seed)
     x0 = ((oracle.sample_data(n_images, g).clamp(-1, 1) + 1) * 127.5).round() / 127.5 - 1
@@ -176,6 +180,9 @@ def _code_bound(variance, n_images=32, side=32, seed=0):
     fn = ModelFn(net, ModelSpec("eps", variance), SCHED)
     T = SCHED.num_timesteps
     timesteps = torch.arange(T).repeat(n_images, 1)
+    if draws is not None:
+        tg = torch.Generator().manual_seed(seed + 77)
+        timesteps = torch.stack([monte_carlo_timesteps(T, draws, tg) for _ in range(n_images)])
     gens = [torch.Generator().manual_seed(1000 + i) for i in range(n_images)]
     terms = bound_terms(fn.predict, x0, timesteps, SCHED, lambda i, k: torch.randn(x0.shape[1:], generator=gens[i],
                         dtype=torch.float64), max_batch=700)  # fmt: skip
@@ -205,16 +212,39 @@ def test_bound_approaches_the_nll_as_the_variance_improves():
     assert best - entropy < 0.5 * (min(small, large) - entropy)
 
 
-def test_monte_carlo_estimate_is_unbiased_for_known_terms():
-    """With terms known in advance, T * mean over K draws of t has the exact sum as its expectation."""
-    T, n, K = 50, 4000, 3
-    per_t = torch.linspace(0.1, 2.0, T, dtype=torch.float64)
+def test_stratified_draws_are_uniform_in_their_strata_and_the_estimate_is_unbiased():
+    """Terms known in advance (a fixed function of t): each drawn column is uniform over its stratum, the
+    weights are the strata sizes, so the expectation is the exact sum; the estimate agrees within its CI."""
+    T, K, n = 23, 4, 4000
+    per_t = (torch.arange(T, dtype=torch.float64) * 0.37).sin() + 1.5
+    bounds = kl_strata(T, K)
+    sizes = bounds.diff()
+    assert bounds.tolist() == [1, 2, 5, 11, 23]  # geometric strata of 1..T-1: small t get small strata
     g = torch.Generator().manual_seed(0)
-    t = torch.randint(0, T, (n, K), generator=g)
-    from ddim.likelihood import BoundTerms
-
-    terms = BoundTerms(t, per_t[t], torch.zeros(n, K), torch.full((n,), 0.5, dtype=torch.float64))
+    t = torch.stack([monte_carlo_timesteps(T, K, g) for _ in range(n)])
+    assert (t[:, 0] == 0).all()
+    for j in range(K):
+        counts = torch.bincount(t[:, j + 1] - bounds[j])
+        expected = n / float(sizes[j])
+        assert counts.numel() == sizes[j] and ((counts - expected).abs() < 5 * expected**0.5).all()
+    terms = BoundTerms(t, per_t[t], torch.zeros(n, K + 1), torch.full((n,), 0.5, dtype=torch.float64))
     est = monte_carlo_bound(terms, T)
+    exact = 0.5 + float(per_t.sum())
+    assert sum(float(sizes[j]) * float(per_t[bounds[j] : bounds[j + 1]].mean()) for j in range(K)) == (
+        pytest.approx(exact - 0.5 - float(per_t[0]), rel=1e-12)
+    )  # the weighting's expectation, by enumeration
     mean, half = mean_and_ci(est.total)
-    assert abs(mean - (0.5 + float(per_t.sum()))) < half
-    assert abs(float(est.decoder.mean()) - 0.1) < 0.05
+    assert abs(mean - exact) < half < 0.01 * exact
+    assert (est.decoder == per_t[0]).all()  # L_0 enters every estimate exactly
+    # K >= T - 1: one timestep per stratum, the exact sum
+    assert monte_carlo_timesteps(T, 100, g).tolist() == list(range(T))
+    with pytest.raises(ValueError, match="stratum"):  # uniform draws over 0..T-1 would be misweighted
+        monte_carlo_bound(BoundTerms(t.flip(1), per_t[t], terms.mse, terms.prior), T)
+
+
+def test_monte_carlo_bound_of_the_oracle_matches_the_closed_form_within_its_ci():
+    terms = _code_bound("fixed_large", n_images=48, side=8, draws=8)
+    est = monte_carlo_bound(terms, SCHED.num_timesteps)
+    mean, half = mean_and_ci(est.total)
+    closed, _ = _closed_form_bound(_fixed("fixed_large"))
+    assert abs(mean - closed) < half, (mean, half, closed)

@@ -15,10 +15,10 @@ def _run(eval_cfg, eval_overrides, ckpt, out, *extra):
 
 
 def test_nll_exact_breakdown_csv_and_resume(eval_cfg, eval_overrides, tiny_ckpt, tmp_path):
-    args = ("task=nll", "nll.n_images=3", "nll.batch_size=2", "nll.max_batch=64")
+    args = ("task=nll", "nll.n_images=6", "nll.batch_size=4", "nll.max_batch=64")
     m = _run(eval_cfg, eval_overrides, tiny_ckpt, tmp_path / "a", *args)
     assert m["bits_per_dim"] == pytest.approx(m["prior_L_T"] + m["kl_sum_L_t"] + m["decoder_L_0"], rel=1e-9)
-    assert m["images_computed"] == 3 and m["bits_per_dim"] > 0
+    assert m["images_computed"] == 6 and m["bits_per_dim"] > 0 and m["world_size"] == 1
     rows = list(csv.DictReader(open(tmp_path / "a" / "nll_terms.csv")))
     assert len(rows) == 100 and rows[0]["term"] == "L_0 decoder"
     assert sum(float(r["bits_per_dim"]) for r in rows) == pytest.approx(m["kl_sum_L_t"] + m["decoder_L_0"])
@@ -27,15 +27,57 @@ def test_nll_exact_breakdown_csv_and_resume(eval_cfg, eval_overrides, tiny_ckpt,
     again = _run(eval_cfg, eval_overrides, tiny_ckpt, tmp_path / "a", *args)
     assert again["images_computed"] == 0 and again["bits_per_dim"] == m["bits_per_dim"]
     # batch sizes do not change a seeded result
-    other = _run(eval_cfg, eval_overrides, tiny_ckpt, tmp_path / "b", "task=nll", "nll.n_images=3",
+    other = _run(eval_cfg, eval_overrides, tiny_ckpt, tmp_path / "b", "task=nll", "nll.n_images=6",
                  "nll.batch_size=3", "nll.max_batch=37")  # fmt: skip
     assert other["bits_per_dim"] == pytest.approx(m["bits_per_dim"], rel=1e-6)
+    # Monte Carlo on the same images: L_T and L_0 are computed exactly (the same noise as exact mode), only
+    # the KL sum is estimated, and the estimate lies within its confidence interval of the exact bound
     mc = _run(eval_cfg, eval_overrides, tiny_ckpt, tmp_path / "c", "task=nll", "nll.n_images=6",
-              "nll.mode=mc", "nll.timesteps_per_image=20")  # fmt: skip
-    assert (
-        mc["bits_per_dim_ci95"] > 0
-        and abs(mc["bits_per_dim"] - m["bits_per_dim"]) < 4 * mc["bits_per_dim_ci95"] + 1
+              "nll.mode=mc", "nll.timesteps_per_image=6")  # fmt: skip
+    assert mc["network_calls_per_image"] == 7 and mc["images_computed"] == 6
+    assert mc["decoder_L_0"] == pytest.approx(m["decoder_L_0"], rel=1e-6)
+    assert mc["prior_L_T"] == pytest.approx(m["prior_L_T"], rel=1e-12)
+    assert 0 < abs(mc["bits_per_dim"] - m["bits_per_dim"]) < mc["bits_per_dim_ci95"] < 0.2 * m["bits_per_dim"]
+
+
+def test_nll_on_two_ddp_processes_writes_the_same_batch_files(
+    eval_cfg, eval_overrides, tiny_ckpt, tmp_path, run_eval_cli
+):
+    """Batches of images are split round-robin over the ranks (as generation's shards); rank 0 gathers."""
+    common = [o for o in eval_overrides(tiny_ckpt, tmp_path) if not o.startswith("paths.output_dir")]
+    common += ["task=nll", "nll.n_images=7", "nll.batch_size=2", "nll.mode=mc", "nll.timesteps_per_image=5"]
+    one = evaluate(eval_cfg([*common, f"paths.output_dir={tmp_path / 'one'}"]))
+    proc = run_eval_cli(
+        [*common, "trainer.devices=2", "trainer.strategy=ddp", f"hydra.run.dir={tmp_path / 'two'}"]
     )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    two = json.loads((tmp_path / "two" / "metrics.json").read_text())
+    assert (two["world_size"], two["images_computed"]) == (2, 7) and one["world_size"] == 1
+    assert two["bits_per_dim"] == one["bits_per_dim"]
+    files = sorted(p.relative_to(tmp_path / "one") for p in (tmp_path / "one" / "nll").rglob("*.pt"))
+    assert len(files) == 4
+    for f in files:
+        assert (tmp_path / "one" / f).read_bytes() == (tmp_path / "two" / f).read_bytes(), f
+
+
+def test_nll_terms_of_an_image_do_not_depend_on_its_batch(tiny_ckpt):
+    # the terms of images 3..5 computed alone equal those rows of a batch of images 0..5
+    from ddim.checkpoints import build_unet, read_checkpoint
+    from ddim.evaluation.tasks.nll import bound_for_images
+    from ddim.likelihood import BoundTerms
+    from ddim.parameterization import ModelFn, ModelSpec
+    from ddim.schedule import Schedule
+
+    ckpt = read_checkpoint(str(tiny_ckpt))
+    schedule = Schedule.from_config(**ckpt.hyper_parameters["schedule"])
+    net = ModelFn(build_unet(ckpt.state_dict, ckpt.config), ModelSpec(), schedule).eval()
+    x0 = (torch.randint(0, 256, (6, 1, 8, 8)) / 127.5 - 1).float()
+    kw = dict(seed=3, mode="mc", draws=5, max_batch=16, clip_x0=True)
+    with torch.inference_mode():
+        whole = bound_for_images(net, schedule, x0, range(0, 6), **kw)
+        part = bound_for_images(net, schedule, x0[3:], range(3, 6), **kw)
+    for field in BoundTerms._fields:
+        torch.testing.assert_close(getattr(part, field), getattr(whole, field)[3:], rtol=1e-5, atol=1e-6)
 
 
 def test_rate_distortion_split_at_t1(eval_cfg, eval_overrides, tiny_ckpt, tmp_path):
@@ -68,7 +110,7 @@ def test_checkpoints_of_other_parameterizations_evaluate_with_no_flags(kw, eval_
 
 
 def test_nll_refuses_other_shapes_and_bad_options(eval_cfg, eval_overrides, tiny_ckpt, tmp_path):
-    with pytest.raises(DDIMError, match="shape"):
+    with pytest.raises(DDIMError, match=r"shape \(1, 16, 16\) but the checkpoint's model makes \(1, 8, 8\)"):
         _run(eval_cfg, eval_overrides, tiny_ckpt, tmp_path / "a", "task=nll", "data.image_size=16")
     with pytest.raises(DDIMError, match="nll.mode"):
         _run(eval_cfg, eval_overrides, tiny_ckpt, tmp_path / "b", "task=nll", "nll.mode=importance")

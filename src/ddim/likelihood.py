@@ -174,19 +174,56 @@ def exact_bound(terms: BoundTerms) -> BoundEstimate:
     return BoundEstimate(terms.prior + kl + decoder, terms.prior, kl, decoder)
 
 
+def kl_strata(num_timesteps: int, draws: int) -> torch.Tensor:
+    """Boundaries 1 = b_0 < ... < b_K = T of K strata of the KL timesteps 1..T-1 (stratum j is [b_j, b_{j+1})),
+    geometric: b_j ~ T^(j/K). The terms fall off steeply with t (most of the KL sum sits in the first few
+    timesteps), so those get strata of their own and the wide late strata hold small, similar terms; equal
+    strata leave the estimate heavy-tailed and its confidence interval too short. K is capped at T - 1,
+    where every stratum is one timestep and the estimate is exact."""
+    k = max(1, min(int(draws), num_timesteps - 1))
+    bounds = [1]
+    for j in range(1, k + 1):
+        geometric = round(num_timesteps ** (j / k))
+        bounds.append(min(max(geometric, bounds[-1] + 1), num_timesteps - (k - j)))
+    return torch.tensor(bounds, dtype=torch.int64)
+
+
+def monte_carlo_timesteps(num_timesteps: int, draws: int, generator: torch.Generator) -> torch.Tensor:
+    """[0, t_1, ..., t_K]: the decoder's t = 0 (computed exactly, it is the largest single term) and one t
+    drawn uniformly from each KL stratum of `kl_strata`."""
+    bounds = kl_strata(num_timesteps, draws)
+    sizes = (bounds[1:] - bounds[:-1]).double()
+    u = torch.rand(sizes.numel(), generator=generator, dtype=torch.float64)
+    drawn = bounds[:-1] + (u * sizes).floor().long().clamp(max=sizes.long() - 1)
+    return torch.cat([drawn.new_zeros(1), drawn])
+
+
 def monte_carlo_bound(terms: BoundTerms, num_timesteps: int) -> BoundEstimate:
-    """Unbiased estimate from K uniformly drawn timesteps per image: L_T + T * mean_k term(t_k), split by
-    whether t_k is 0 (the decoder) or not (the KL terms)."""
-    is_dec = terms.timesteps == 0
-    scale = num_timesteps / terms.timesteps.shape[1]
-    decoder = scale * torch.where(is_dec, terms.terms, torch.zeros_like(terms.terms)).sum(1)
-    kl = scale * torch.where(is_dec, torch.zeros_like(terms.terms), terms.terms).sum(1)
+    """Unbiased estimate of each image's bound from `monte_carlo_timesteps` columns: L_T and L_0 exact, the
+    KL sum as sum_j |stratum j| * term(t_j) (E[|S_j| term(t_j)] = the sum of the terms of stratum j)."""
+    t = terms.timesteps
+    bounds = kl_strata(num_timesteps, t.shape[1] - 1)
+    if t.shape[1] - 1 != bounds.numel() - 1 or not bool(
+        (t[:, 0] == 0).all() and (t[:, 1:] >= bounds[:-1]).all() and (t[:, 1:] < bounds[1:]).all()
+    ):
+        raise ValueError(
+            "monte_carlo_bound needs the columns of monte_carlo_timesteps: t = 0, then one t per KL stratum."
+        )
+    weights = (bounds[1:] - bounds[:-1]).to(terms.terms.dtype)
+    kl = (terms.terms[:, 1:] * weights).sum(1)
+    decoder = terms.terms[:, 0]
     return BoundEstimate(terms.prior + kl + decoder, terms.prior, kl, decoder)
 
 
-def mean_and_ci(values: torch.Tensor | Sequence[float], z: float = 1.96) -> tuple[float, float]:
-    """Mean and the half-width of its normal-approximation 95% confidence interval (z * std / sqrt(n))."""
+def mean_and_ci(values: torch.Tensor | Sequence[float], level: float = 0.95) -> tuple[float, float]:
+    """Mean and the half-width of its Student-t confidence interval (t quantile * std / sqrt(n)): per-image
+    values are independent, so their spread carries every source of randomness (images, drawn t, noise);
+    the t quantile keeps the interval honest for a few dozen images."""
+    from scipy.stats import t as student_t
+
     v = torch.as_tensor(values, dtype=torch.float64).reshape(-1)
-    if v.numel() < 2:
+    n = v.numel()
+    if n < 2:
         return float(v.mean()), float("nan")
-    return float(v.mean()), float(z * v.std(unbiased=True) / math.sqrt(v.numel()))
+    quantile = float(student_t.ppf(0.5 + level / 2, n - 1))
+    return float(v.mean()), float(quantile * v.std(unbiased=True) / math.sqrt(n))

@@ -3,12 +3,14 @@ on CIFAR10 test with L_simple, 3.70 trained on the true bound).
 
     exact: all T terms per image (T network calls per image, batched across timesteps), with the breakdown
            L_T (prior) + sum of L_{t-1} (KL) + L_0 (decoder) and every per-timestep term in nll_terms.csv.
-    mc:    K uniformly drawn timesteps per image: L_T + T * mean of the K terms is an unbiased estimate of the
-           image's bound; the mean over images comes with a 95% confidence interval.
+    mc:    L_T and the decoder L_0 exactly, and the sum of the KL terms estimated from K timesteps drawn one
+           per stratum of 1..T-1 (K + 1 network calls per image): an unbiased estimate of each image's bound;
+           the mean over images comes with a 95% Student-t confidence interval.
 
-Seeded per image (image i's timesteps and noise come from a generator seeded by (seed, i)), so a result does
-not depend on the batch sizes; each batch of images is stored in its own file and an interrupted run resumes
-from the files it finds. Single process (ctx.device).
+Seeded per image (image i's timesteps and noise come from generators seeded by (seed, i)), so a result does
+not depend on batch sizes or the number of processes. Runs through trainer.predict like generation: batches of
+images are split round-robin over the ranks (trainer.devices=N), each batch is stored in its own file, an
+interrupted run resumes from the files it finds, and rank 0 reads them all.
 """
 
 from __future__ import annotations
@@ -18,14 +20,29 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytorch_lightning as pl
 import torch
+from torch.utils.data import DataLoader
 
 from ddim.errors import DDIMError
 from ddim.evaluation.context import EvalContext
+from ddim.evaluation.generation import Chunks
 from ddim.evaluation.reporting import TaskResult
+from ddim.evaluation.shards import ShardPlan
 from ddim.io import atomic_write, save_tensors, write_text
-from ddim.likelihood import BoundTerms, exact_bound, is_discrete, mean_and_ci, monte_carlo_bound
+from ddim.likelihood import (
+    BoundTerms,
+    bound_terms,
+    exact_bound,
+    is_discrete,
+    kl_strata,
+    mean_and_ci,
+    monte_carlo_bound,
+    monte_carlo_timesteps,
+)
+from ddim.parameterization import ModelFn
 from ddim.samplers import per_sample_generators
+from ddim.schedule import Schedule
 
 MODES = ("exact", "mc")
 SPLITS = ("test", "train")
@@ -48,37 +65,81 @@ def image_batch(dataset: Any, start: int, stop: int) -> torch.Tensor:
     return torch.stack([x[0] if isinstance(x, (list, tuple)) else x for x in items])
 
 
+def _timestep_generator(noise_generator: torch.Generator) -> torch.Generator:
+    """A second stream per image for its drawn timesteps, so image i's noise (and so its exact L_0 and its
+    x_t at t = 0) is the same in exact and mc mode."""
+    return torch.Generator().manual_seed((noise_generator.initial_seed() * 0x85EBCA6B + 0x27D4EB2F) % 2**32)
+
+
 def bound_for_images(
-    ctx: EvalContext,
+    net: ModelFn,
+    schedule: Schedule,
     x0: torch.Tensor,
     indices: range,
+    seed: int,
     mode: str,
-    timesteps_per_image: int,
+    draws: int,
     max_batch: int,
     clip_x0: bool,
 ) -> BoundTerms:
-    """Bound terms of a batch of images, seeded per image index."""
-    from ddim.likelihood import bound_terms
-
-    T = ctx.schedule.num_timesteps
-    generators = per_sample_generators(ctx.seed, indices)
+    """Bound terms of a batch of images (on x0's device), seeded per image index: the same numbers for any
+    batch size, process count or resume."""
+    T = schedule.num_timesteps
+    generators = per_sample_generators(seed, indices)
     if mode == "exact":
         timesteps = torch.arange(T).repeat(len(indices), 1)
     else:
-        timesteps = torch.stack(
-            [torch.randint(0, T, (timesteps_per_image,), generator=g) for g in generators]
-        )
+        timesteps = torch.stack([monte_carlo_timesteps(T, draws, _timestep_generator(g)) for g in generators])
     shape = tuple(x0.shape[1:])
 
     def noise(i: int, k: int) -> torch.Tensor:
         return torch.randn(shape, generator=generators[i])
 
-    net = ctx.net.to(ctx.device).eval()
-
     def predict(x: torch.Tensor, t: torch.Tensor):
         return net.predict(x, t, clip_x0=clip_x0)
 
-    return bound_terms(predict, x0.to(ctx.device), timesteps, ctx.schedule, noise, max_batch=max_batch)
+    return bound_terms(predict, x0, timesteps, schedule, noise, max_batch=max_batch)
+
+
+def _check_discrete(x0: torch.Tensor) -> None:
+    if not is_discrete(x0):
+        raise DDIMError(
+            "task=nll needs 8-bit images (256 levels on [-1, 1]): the decoder term is a probability of "
+            "pixel values. This data set's values are not on those levels."
+        )
+
+
+def batch_file(folder: Path, plan: ShardPlan, batch: int) -> Path:
+    idx = plan.indices(batch)
+    return folder / f"images_{idx.start:07d}_{idx.stop:07d}.pt"
+
+
+class BoundWriter(pl.LightningModule):
+    """trainer.predict over the batches of images (ShardPlan shards, split round-robin by rank as generation
+    does): each batch's terms go to their own file, so any rank's work survives an interruption."""
+
+    def __init__(
+        self, net: ModelFn, schedule: Schedule, dataset: Any, plan: ShardPlan, folder: Path, **options: Any
+    ) -> None:
+        super().__init__()
+        self.net, self.schedule, self.dataset = net, schedule, dataset
+        self.plan, self.folder, self.options = plan, folder, options
+
+    def predict_dataloader(self) -> DataLoader:
+        mine = self.plan.shards_for_rank(self.trainer.global_rank, self.trainer.world_size)
+        todo = [(b, 0, 0) for b in mine if not batch_file(self.folder, self.plan, b).is_file()]
+        return DataLoader(Chunks(todo), batch_size=None, shuffle=False, num_workers=0)
+
+    def on_predict_start(self) -> None:
+        self.net.eval()
+
+    def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+        b = int(batch[0])
+        idx = self.plan.indices(b)
+        x0 = image_batch(self.dataset, idx.start, idx.stop)
+        _check_discrete(x0)
+        terms = bound_for_images(self.net, self.schedule, x0.to(self.device), idx, **self.options)
+        save_tensors(terms._asdict(), batch_file(self.folder, self.plan, b))
 
 
 def measure(
@@ -91,46 +152,48 @@ def measure(
     batch_size: int,
     max_batch: int,
     clip_x0: bool,
-) -> tuple[BoundTerms, dict[str, Any]]:
-    """The bound terms of the first n_images of the split, from (or into) one file per batch of images."""
+) -> tuple[BoundTerms, dict[str, Any]] | None:
+    """The bound terms of the first n_images of the split, from (or into) one file per batch of images, on
+    every rank of the configured Trainer; rank 0 reads them all (None on the other ranks)."""
     if mode not in MODES:
         raise DDIMError(f"nll.mode must be 'exact' (all T terms) or 'mc' (K random timesteps), got {mode!r}.")
     if mode == "mc" and int(timesteps_per_image) < 1:
         raise DDIMError(f"nll.timesteps_per_image must be >= 1, got {timesteps_per_image!r}.")
+    if int(batch_size) < 1 or int(max_batch) < 1:
+        raise DDIMError(f"nll.batch_size and nll.max_batch must be >= 1, got {batch_size!r}, {max_batch!r}.")
     dataset = split_dataset(ctx, split)
     n = len(dataset) if n_images is None else min(int(n_images), len(dataset))
     if n < 1:
         raise DDIMError(f"nll.n_images must be >= 1, got {n_images!r}.")
-    tag = f"{split}_{mode}" + (f"{int(timesteps_per_image)}" if mode == "mc" else "")
+    _check_discrete(image_batch(dataset, 0, 1))  # before any process starts
+    T = ctx.schedule.num_timesteps
+    draws = kl_strata(T, int(timesteps_per_image)).numel() - 1 if mode == "mc" else T - 1
+    tag = f"{split}_{mode}" + (f"{draws}strata" if mode == "mc" else "")
     folder = ctx.output_dir / "nll" / f"{tag}_seed{ctx.seed}{'_clip' if clip_x0 else ''}"
-    parts, computed, t0 = [], 0, time.perf_counter()
-    with torch.inference_mode():
-        for start in range(0, n, int(batch_size)):
-            stop = min(start + int(batch_size), n)
-            path = folder / f"images_{start:07d}_{stop:07d}.pt"
-            if path.is_file():  # resume: this batch was measured by an earlier run with the same settings
-                parts.append(BoundTerms(**torch.load(path, weights_only=True)))
-                continue
-            x0 = image_batch(dataset, start, stop)
-            if not is_discrete(x0):
-                raise DDIMError(
-                    "task=nll needs 8-bit images (256 levels on [-1, 1]): the decoder term is a probability of "
-                    "pixel values. This data set's values are not on those levels."
-                )
-            terms = bound_for_images(
-                ctx, x0, range(start, stop), mode, int(timesteps_per_image), int(max_batch), bool(clip_x0)
-            )
-            save_tensors(terms._asdict(), path)
-            parts.append(terms)
-            computed += stop - start
+    plan = ShardPlan(n, int(batch_size))
+    missing = [b for b in range(plan.num_shards) if not batch_file(folder, plan, b).is_file()]
+    t0 = time.perf_counter()
+    trainer = ctx.make_trainer()
+    if missing:  # every rank sees the same files: all of them skip, or all of them predict
+        options = dict(seed=ctx.seed, mode=mode, draws=draws, max_batch=int(max_batch), clip_x0=bool(clip_x0))
+        trainer.predict(
+            BoundWriter(ctx.net, ctx.schedule, dataset, plan, folder, **options), return_predictions=False
+        )
+        trainer.strategy.barrier("ddim-nll-done")
     seconds = time.perf_counter() - t0
-    terms = BoundTerms(*(torch.cat([getattr(p, f) for p in parts]) for f in BoundTerms._fields))
+    if not trainer.is_global_zero:
+        return None
+    parts = [torch.load(batch_file(folder, plan, b), weights_only=True) for b in range(plan.num_shards)]
+    terms = BoundTerms(*(torch.cat([p[f] for p in parts]) for f in BoundTerms._fields))
+    computed = sum(len(plan.indices(b)) for b in missing)
     info = {
         "split": split,
         "n_images": n,
         "mode": mode,
-        "timesteps_per_image": ctx.schedule.num_timesteps if mode == "exact" else int(timesteps_per_image),
+        "timesteps_per_image": draws,  # KL terms per image (exact: all T - 1), besides L_0 and L_T
+        "network_calls_per_image": draws + 1,
         "clip_x0": bool(clip_x0),
+        "world_size": trainer.world_size,
         "images_computed": computed,
         "images_per_s": round(computed / seconds, 4) if computed else None,
         "terms_dir": str(folder),
@@ -194,9 +257,9 @@ def run(
     batch_size: int,
     max_batch: int,
     clip_x0: bool,
-) -> TaskResult:
+) -> TaskResult | None:
     t0 = time.perf_counter()
-    terms, info = measure(
+    measured = measure(
         ctx,
         split=split,
         n_images=n_images,
@@ -206,6 +269,9 @@ def run(
         max_batch=max_batch,
         clip_x0=clip_x0,
     )
+    if measured is None:
+        return None
+    terms, info = measured
     T = ctx.schedule.num_timesteps
     est = exact_bound(terms) if mode == "exact" else monte_carlo_bound(terms, T)
     bpd, ci = mean_and_ci(est.total)

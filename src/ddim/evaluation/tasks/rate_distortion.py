@@ -51,9 +51,9 @@ def _plots(path: Path, rows: list[dict[str, Any]]) -> Path:
 
 def run(
     ctx: EvalContext, *, split: str, n_images: int | None, batch_size: int, max_batch: int, clip_x0: bool
-) -> TaskResult:
+) -> TaskResult | None:
     t0 = time.perf_counter()
-    terms, info = measure(
+    measured = measure(
         ctx,
         split=split,
         n_images=n_images,
@@ -63,6 +63,9 @@ def run(
         max_batch=max_batch,
         clip_x0=clip_x0,
     )
+    if measured is None:  # ranks other than 0
+        return None
+    terms, info = measured
     rows = per_timestep_rows(terms)
     est = exact_bound(terms)
     numbers = {
