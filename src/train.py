@@ -8,6 +8,8 @@ from ddim.cpu_threads import describe_threads, use_passive_waiting
 use_passive_waiting()  # before torch loads: OpenMP reads its settings once
 
 import hydra  # noqa: E402
+from hydra.core.hydra_config import HydraConfig  # noqa: E402
+from hydra.types import RunMode  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
 from ddim.errors import user_error_in  # noqa: E402
@@ -26,6 +28,8 @@ def main(cfg: DictConfig) -> None:
         if user_error is None:
             raise
         log.error(str(user_error))
+        if HydraConfig.get().mode == RunMode.MULTIRUN:
+            return  # the other rows of a sweep (e.g. the ablation grid) still train; this one logged why
         sys.exit(2)
 
 
