@@ -7,8 +7,14 @@ uint8 quantisation, PNG shards written atomically), with the U-Net wrapped in a 
   network-only       the same number of U-Net calls on their own, as a reference measured in this process.
 Repeats are interleaved and medians reported, so load from other processes hits both alike.
 
+task=nll (exact bound, T network calls per image): images/s of `ddim.likelihood.bound_terms` as task=nll runs
+it, (image, timestep) pairs batched across timesteps `--nll-max-batch` at a time, against a plain loop over t
+(one call per timestep for the whole batch of images), on the same images and noise; both give the same bits/dim.
+
     python benchmarks/bench_eval.py                          # CPU: small U-Net, batch 64, S = 10, 256 images
     python benchmarks/bench_eval.py --config cifar10 --device cuda --batch 256 --steps 100 --images 2048
+    python benchmarks/bench_eval.py --eta --nll-images 4 --nll-timesteps 100 --config tiny   # nll only, CPU
+    python benchmarks/bench_eval.py --eta --config cifar10 --device cuda --nll-images 32 --nll-max-batch 1024
 """
 
 from __future__ import annotations
@@ -22,8 +28,11 @@ from pathlib import Path
 import pytorch_lightning as pl
 import torch
 
+from ddim.diffusion import q_sample
 from ddim.evaluation.generation import generate_samples
+from ddim.likelihood import bound_terms, exact_bound, prior_bpd, vb_terms_bpd
 from ddim.nets.unet import UNet
+from ddim.parameterization import ModelFn, ModelSpec
 from ddim.samplers import SamplerConfig
 from ddim.schedule import Schedule
 
@@ -70,6 +79,57 @@ def network_only(net: torch.nn.Module, calls: int, batch: int, device: torch.dev
     return time.perf_counter() - start
 
 
+def nll_batched(fn: ModelFn, x0: torch.Tensor, noise: torch.Tensor, max_batch: int) -> torch.Tensor:
+    """Per-image exact bound (bits/dim) the way task=nll computes it."""
+    n, T = noise.shape[:2]
+    timesteps = torch.arange(T).repeat(n, 1)
+    terms = bound_terms(fn.predict, x0, timesteps, fn.schedule, lambda i, k: noise[i, k], max_batch=max_batch)
+    return exact_bound(terms).total
+
+
+def nll_per_timestep_loop(fn: ModelFn, x0: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    """The plain reference: for each t, one network call on all images."""
+    n, T = noise.shape[:2]
+    total = prior_bpd(x0, fn.schedule).double().cpu()
+    table = fn.schedule.alphas_cumprod
+    for t in range(T):
+        t_batch = torch.full((n,), t, dtype=torch.int64, device=x0.device)
+        x_t = q_sample(x0, t_batch, noise[:, t], table)
+        pred, log_var = fn.predict(x_t, t_batch)
+        total += vb_terms_bpd(pred, log_var, x0, x_t, t_batch, fn.schedule).double().cpu()
+    return total
+
+
+def bench_nll(args: argparse.Namespace, net: torch.nn.Module, device: torch.device, res: int) -> None:
+    schedule = Schedule.from_config(num_timesteps=args.nll_timesteps)
+    fn = ModelFn(net.to(device), ModelSpec(), schedule)
+    gen = torch.Generator().manual_seed(0)
+    n, T = args.nll_images, args.nll_timesteps
+    x0 = (torch.randint(0, 256, (n, 3, res, res), generator=gen) / 127.5 - 1).to(device)
+    noise = torch.randn(n, T, 3, res, res, generator=gen).to(device)
+    runs = {"batched": (nll_batched, {"max_batch": args.nll_max_batch}), "loop": (nll_per_timestep_loop, {})}
+    seconds: dict[str, list[float]] = {name: [] for name in runs}
+    bpd: dict[str, torch.Tensor] = {}
+    with torch.inference_mode():
+        for _ in range(args.repeats):  # interleaved, medians: load from other processes hits both alike
+            for name, (run, kwargs) in runs.items():
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                start = time.perf_counter()
+                bpd[name] = run(fn, x0, noise, **kwargs)
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                seconds[name].append(time.perf_counter() - start)
+    a, b = bpd["batched"], bpd["loop"]
+    batched_s, loop_s = seconds["batched"], seconds["loop"]
+    batched, loop = statistics.median(batched_s), statistics.median(loop_s)
+    print(
+        f"nll exact (T={T}, {n} images, max_batch={args.nll_max_batch}): batched {n / batched:8.3f} images/s | "
+        f"per-timestep loop {n / loop:8.3f} images/s | batched/loop speed = {loop / batched:.2f}x | "
+        f"bits/dim {float(a.mean()):.4f} vs {float(b.mean()):.4f} (max |diff| {float((a - b).abs().max()):.1e})"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -78,7 +138,10 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--images", type=int, default=256)
-    parser.add_argument("--eta", type=float, nargs="+", default=[0.0, 1.0])
+    parser.add_argument("--eta", type=float, nargs="*", default=[0.0, 1.0], help="none: skip generation")
+    parser.add_argument("--nll-images", type=int, default=8, help="0: skip the nll benchmark")
+    parser.add_argument("--nll-timesteps", type=int, default=1000, help="T of the schedule for nll")
+    parser.add_argument("--nll-max-batch", type=int, default=512)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
@@ -134,6 +197,8 @@ def main() -> None:
             f"(loop {loop:.3f} s, in U-Net {inside:.3f} s) | network-only {args.images / ref:8.1f} images/s, "
             f"loop/network-only = {loop / ref:.3f}"
         )
+    if args.nll_images:
+        bench_nll(args, net, device, res)
 
 
 if __name__ == "__main__":
