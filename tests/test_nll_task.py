@@ -124,7 +124,10 @@ def test_ablation_table_rows_come_from_checkpoint_hyper_parameters(tiny_net, tin
     files = []
     for i, kw in enumerate([dict(parameterization="mu", loss="vlb"), dict()]):
         module = DiffusionModule(net=tiny_net, schedule=tiny_schedule, **kw)
-        ckpt = tmp_path / f"{i}.ckpt"
+        ckpt = tmp_path / f"train{i}" / "checkpoints" / "last.ckpt"
+        ckpt.parent.mkdir(parents=True)
+        if i == 0:  # the training run's own metrics.json gives the row its training time
+            write_json(tmp_path / "train0" / "metrics.json", {"global_step": 600, "wall_time_s": 123.4})
         torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}, ckpt)
         files.append(
             write_json(
@@ -135,12 +138,13 @@ def test_ablation_table_rows_come_from_checkpoint_hyper_parameters(tiny_net, tin
         files.append(
             write_json(
                 tmp_path / f"nll{i}" / "metrics.json",
-                {"task": "nll", "checkpoint": str(ckpt), "bits_per_dim": 3.0 + i},
+                {"task": "nll", "checkpoint": str(ckpt), "bits_per_dim": 3.0 + i, "bits_per_dim_ci95": 0.25},
             )
         )
     rows = collect(files)
     assert [(r["parameterization"], r["loss"], r["fid"], r["nll_bits_per_dim"]) for r in rows] == [
         ("mu", "vlb", 10.0, 3.0), ("eps", "simple", 11.0, 4.0)]  # fmt: skip
     assert rows[0]["paper_fid_cifar10"] == 13.22 and rows[1]["paper_fid_cifar10"] == 3.17
+    assert rows[1]["train_time_s"] is None  # no training metrics.json beside that checkpoint
     paths = write_table(rows, tmp_path)
-    assert "| mu | vlb | fixed_large | 10.00 | 3.00 | 13.22 |" in paths["md"].read_text()
+    assert "| mu | vlb | fixed_large | 10.00 | 3.00 | 0.25 | 123.40 | 13.22 |" in paths["md"].read_text()

@@ -29,9 +29,20 @@ COLUMNS = [
     "variance",
     "fid",
     "nll_bits_per_dim",
+    "nll_ci95",
+    "train_time_s",
     "paper_fid_cifar10",
     "checkpoint",
 ]
+
+
+def _train_time(ckpt: Path) -> float | None:
+    """Wall time of the training run that wrote the checkpoint (its run folder's metrics.json), if known."""
+    run_metrics = ckpt.parent.parent / "metrics.json"
+    try:
+        return json.loads(run_metrics.read_text()).get("wall_time_s")
+    except (OSError, ValueError):
+        return None
 
 
 def collect(metrics_files: Iterable[Path]) -> list[dict[str, Any]]:
@@ -52,11 +63,14 @@ def collect(metrics_files: Iterable[Path]) -> list[dict[str, Any]]:
                 "variance": hp.get("variance", "fixed_large"),
                 "fid": None,
                 "nll_bits_per_dim": None,
+                "nll_ci95": None,
+                "train_time_s": _train_time(Path(ckpt)),
                 "checkpoint": ckpt,
             }
         row = rows[ckpt]
         if "bits_per_dim" in m:
             row["nll_bits_per_dim"] = m["bits_per_dim"]
+            row["nll_ci95"] = m.get("bits_per_dim_ci95")
         elif "fid" in m:
             row["fid"] = m["fid"]
     for row in rows.values():
