@@ -11,12 +11,14 @@ import time
 import warnings
 import zipfile
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import open_dict
 
+from ddim.callbacks import RandomStreams
 from ddim.checkpoint_io import AtomicCheckpointIO, remove_interrupted_saves, resolve_resume_path
 from ddim.data.resumable import ResumableLoader
 from ddim.errors import user_error_in
@@ -152,6 +154,7 @@ import os, signal, torch
 from hydra import compose, initialize_config_dir
 from omegaconf import open_dict
 
+from ddim.callbacks import RandomStreams
 from ddim.checkpoint_io import AtomicCheckpointIO
 
 def killed_mid_write(obj, f):
@@ -223,3 +226,37 @@ def test_resume_refuses_a_checkpoint_with_a_pickle_payload(tmp_path, train_cfg):
     user_error = user_error_in(info.value)
     assert user_error is not None and "can run code" in str(user_error) and str(ckpt) in str(user_error)
     assert not marker.exists()
+
+
+def _streams(seed: int, rank: int, world_size: int):
+    streams = RandomStreams(seed)
+    trainer = SimpleNamespace(
+        global_rank=rank, world_size=world_size, strategy=SimpleNamespace(root_device=torch.device("cpu"))
+    )
+    streams.setup(trainer, None, "fit")
+    return streams
+
+
+def _draw(streams) -> torch.Tensor:
+    """What a training step would draw first: the stream is swapped in around the step."""
+    streams.on_train_batch_start(None, None, None, 0)
+    drawn = torch.randn(4)
+    streams.on_train_batch_end(None, None, None, None, 0)
+    return drawn
+
+
+def test_streams_differ_per_rank_repeat_per_seed_and_reseed_when_the_world_size_changes(caplog):
+    outside = torch.get_rng_state()
+    rank0, rank1, rank0_again = _draw(_streams(0, 0, 2)), _draw(_streams(0, 1, 2)), _draw(_streams(0, 0, 2))
+    assert torch.equal(rank0, rank0_again) and not torch.equal(rank0, rank1)
+    assert not torch.equal(rank0, _draw(_streams(1, 0, 2)))  # seed 1 rank 0 is not seed 0 rank 1 either
+    assert not torch.equal(rank1, _draw(_streams(1, 0, 2)))
+
+    saved = _streams(0, 0, 2)
+    state = {"seed": 0, "ranks": [saved.state_dict()["ranks"][0]] * 2}
+    resumed = _streams(0, 0, 1)  # one process resumes what two wrote
+    with caplog.at_level(logging.WARNING):
+        resumed.load_state_dict(state)
+    assert "written by 2 processes and this run has 1" in caplog.text
+    assert not torch.equal(_draw(resumed), rank0)  # fresh noise, not a replay of what was drawn
+    torch.set_rng_state(outside)

@@ -83,11 +83,12 @@ class RandomStreams(pl.Callback):
             return
         self._rank, self._world_size = trainer.global_rank, trainer.world_size
         self._device = trainer.strategy.root_device
-        self._reseed(step=None)
+        self._reseed()
 
-    def _reseed(self, step: int | None) -> None:
+    def _reseed(self, *extra: int) -> None:
+        """Seed every stream of this rank from (seed, rank, *extra); other extra keys give unrelated streams."""
         base = secrets.randbits(31) if self.seed is None else self.seed
-        keys = (base, self._rank) if step is None else (base, self._rank, step)
+        keys = (base, self._rank, *extra)
         # Process streams (numpy, python, torch outside the step) and the step's stream differ too.
         process_seed, step_seed = derive_seed(*keys, 0), derive_seed(*keys, 1)
         random.seed(process_seed)
@@ -119,15 +120,14 @@ class RandomStreams(pl.Callback):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         ranks = state_dict["ranks"]
         if len(ranks) != self._world_size:
-            # Streams cannot be split or merged; fresh ones, distinct from those already used, keep noise new.
-            step = len(ranks) * 1_000_003 + self._world_size  # any key the first run never used
+            # Streams cannot be split or merged; fresh ones, unrelated to those already used, keep noise new.
             log.warning(
                 "The checkpoint was written by %d processes and this run has %d: the random streams are "
                 "reseeded, so the run continues correctly but not bitwise as the original would have.",
                 len(ranks),
                 self._world_size,
             )
-            self._reseed(step=step)
+            self._reseed(len(ranks), self._world_size)
             return
         mine = ranks[self._rank]
         self._step_streams = {k: v for k, v in mine["step"].items()}
