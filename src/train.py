@@ -3,7 +3,7 @@
 import logging
 import sys
 
-from ddim.cpu_threads import describe_threads, use_passive_waiting
+from ddim.cpu_threads import use_passive_waiting
 
 use_passive_waiting()  # before torch loads: OpenMP reads its settings once
 
@@ -20,7 +20,6 @@ log = logging.getLogger("train")
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 def main(cfg: DictConfig) -> None:
-    log.info(describe_threads())
     try:
         train(cfg)
     except Exception as exc:

@@ -30,7 +30,7 @@ LAYERS: tuple[tuple[str, int], ...] = (
     ("ddim.checkpoint_io", 3),
     ("ddim.train_checks", 3),
     ("ddim.training", 4),
-    ("ddim.cpu_threads", 4),
+    ("ddim.cpu_threads", 0),  # no ddim imports, torch only lazily: entry points call it before torch loads
     ("ddim.evaluation", 4),
     ("ddim", 0),  # the package's own __init__
 )

@@ -23,6 +23,14 @@ def use_passive_waiting(environ: MutableMapping[str, str] = os.environ) -> bool:
     return True
 
 
+def set_cpu_threads(threads: int | None) -> None:
+    """torch.set_num_threads(threads) unless the user set OMP_NUM_THREADS (theirs wins) or threads is None."""
+    if threads is not None and "OMP_NUM_THREADS" not in os.environ:
+        import torch
+
+        torch.set_num_threads(int(threads))
+
+
 def describe_threads() -> str:
     """One line for the start of a run: the thread settings in force and how to change them."""
     import torch
@@ -30,7 +38,6 @@ def describe_threads() -> str:
     chosen = {name: os.environ[name] for name in USER_SETTINGS if name in os.environ}
     settings = ", ".join(f"{k}={v}" for k, v in chosen.items()) or "OpenMP defaults"
     return (
-        f"CPU threads: {torch.get_num_threads()} ({settings}); on a busy or shared CPU set OMP_NUM_THREADS=<free "
-        "cores> (e.g. OMP_NUM_THREADS=1 python src/train.py ...); OMP_WAIT_POLICY=ACTIVE may help on a "
-        "machine of your own."
+        f"CPU threads: {torch.get_num_threads()} ({settings}); change with cpu_threads=N or OMP_NUM_THREADS=N "
+        "(fewer on a busy or shared CPU); OMP_WAIT_POLICY=ACTIVE may help on a machine of your own."
     )

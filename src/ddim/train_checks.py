@@ -41,6 +41,7 @@ _RULES: dict[str, tuple[str, str]] = {
     "trainer.limit_val_batches": ("limit", "8"),
     "trainer.gradient_clip_val": ("non-negative", "1.0"),
     "seed": ("integer", "0"),
+    "cpu_threads": ("count", "1"),
 }
 
 _WORDING = {

@@ -13,6 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ddim.callbacks import RandomStreams
 from ddim.checkpoint_io import AtomicCheckpointIO, remove_interrupted_saves, resolve_resume_path
+from ddim.cpu_threads import describe_threads, set_cpu_threads
 from ddim.errors import DDIMError
 from ddim.hydra_utils import instantiate_group
 from ddim.io import write_json
@@ -26,6 +27,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     output_dir = Path(cfg.paths.output_dir)
     check_train_config(cfg, run_dir=output_dir)
     resume_from = resolve_resume_path(cfg.get("ckpt_path"), output_dir)
+    set_cpu_threads(cfg.get("cpu_threads"))
+    log.info(describe_threads())
     if cfg.get("seed") is not None:
         pl.seed_everything(cfg.seed, workers=True)
 
