@@ -8,8 +8,10 @@ PYTHONPATH for it.
 
 from __future__ import annotations
 
+import logging
 import os
 import pickle
+import runpy
 import subprocess
 import sys
 from collections.abc import Callable
@@ -23,6 +25,8 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, open_dict
 from PIL import Image
 from torch_fidelity.feature_extractor_base import FeatureExtractorBase
+
+from ddim.hydra_utils import run_reporting_user_errors
 
 ROOT = Path(__file__).resolve().parents[1]
 TESTS = ROOT / "tests"
@@ -132,6 +136,43 @@ def run_eval_cli() -> Callable[..., subprocess.CompletedProcess]:
             text=True,
             timeout=timeout,
         )
+
+    return run
+
+
+@pytest.fixture
+def exits_with_one_line(caplog) -> Callable[[Callable[[DictConfig], object], DictConfig], str]:
+    """exits_with_one_line(task, cfg): task(cfg) run in-process through the wrapper src/train.py and
+    src/eval.py call it with; asserts exit 2 after exactly one logged error line with no traceback, and
+    returns that line. (One real CLI run per entry point checks the process-level side.)"""
+
+    def run(task: Callable[[DictConfig], object], cfg: DictConfig) -> str:
+        caplog.clear()
+        with caplog.at_level(logging.ERROR), pytest.raises(SystemExit) as info:
+            run_reporting_user_errors(task, cfg, logging.getLogger("entry_point"))
+        assert info.value.code == 2
+        errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+        assert len(errors) == 1 and errors[0].exc_info is None, [r.getMessage() for r in errors]
+        message = errors[0].getMessage()
+        assert "\n" not in message and "Traceback" not in message
+        return message
+
+    return run
+
+
+@pytest.fixture
+def hydra_main(monkeypatch, capsys) -> Callable[[str, list[str]], tuple[int, str]]:
+    """hydra_main(script, args): `python src/<script> ARGS` run in-process (runpy, as __main__) (HYDRA_FULL_ERROR unset, as a user has it); returns (exit code, stdout + stderr). For failures before the
+    task runs (composition), where Hydra configures no logging in this process."""
+
+    def run(script: str, args: list[str]) -> tuple[int, str]:
+        monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+        monkeypatch.setattr(sys, "argv", [script, *args])
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as info:
+            runpy.run_path(str(ROOT / "src" / script), run_name="__main__")
+        captured = capsys.readouterr()
+        return info.value.code, captured.out + captured.err
 
     return run
 

@@ -20,6 +20,7 @@ from ddim.checkpoints import (
     read_checkpoint,
     safe_load,
 )
+from ddim.evaluation import evaluate
 from ddim.lit_module import DiffusionModule
 from ddim.nets.unet import UNet
 
@@ -61,17 +62,12 @@ def test_pickle_payload_is_refused_and_never_runs(hostile):
     assert not marker.exists()
 
 
-def test_eval_refuses_a_pickle_payload_in_one_line(hostile, tmp_path, run_eval_cli):
+def test_eval_refuses_a_pickle_payload_in_one_line(hostile, tmp_path, eval_cfg, exits_with_one_line):
     path, marker = hostile
     out = tmp_path / "out"
-    result = run_eval_cli(
-        [f"ckpt={path}", "task=sample", "logger=none", f"paths.output_dir={out}"], timeout=120
-    )
-    output = result.stdout + result.stderr
-    assert result.returncode != 0
-    assert "Traceback" not in output
-    errors = [line for line in output.splitlines() if "holds Python objects besides tensors" in line]
-    assert len(errors) == 1 and "re-save" in errors[0], output[-2000:]
+    cfg = eval_cfg([f"ckpt={path}", "task=sample", "logger=none", f"paths.output_dir={out}"])
+    message = exits_with_one_line(evaluate, cfg)
+    assert "holds Python objects besides tensors" in message and "re-save" in message
     assert not marker.exists()
     assert not list(out.glob("**/*.png")) and not (out / "metrics.json").exists()
 

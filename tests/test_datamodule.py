@@ -58,6 +58,7 @@ def test_digits_shapes_range_split_and_exact_pixels():
     assert len(dm.train_set) == 1500 and len(dm.test_set) == 297
     batch = first_batch(dm.test_dataloader())
     assert batch.shape == (32, 1, 8, 8) and batch.dtype == torch.float32
+
     # Test split = last 297 in their order; v -> v / 8 - 1 rounded to the 8-bit levels (k / 127.5 - 1).
     def levels(v):
         return (np.round(v * 255.0 / 16.0) / 127.5 - 1.0).astype(np.float32)

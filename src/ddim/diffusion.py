@@ -17,7 +17,9 @@ def _gather(table: torch.Tensor, t: torch.Tensor, like: torch.Tensor) -> torch.T
     return values.reshape(-1, *([1] * (like.ndim - 1)))
 
 
-def q_sample(x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, alphas_cumprod: torch.Tensor) -> torch.Tensor:
+def q_sample(
+    x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, alphas_cumprod: torch.Tensor
+) -> torch.Tensor:
     """x_t = sqrt(a_t) x0 + sqrt(1 - a_t) eps, a draw from q(x_t | x_0)."""
     a_t = _gather(alphas_cumprod, t, x0)
     return a_t.sqrt() * x0 + (1 - a_t).sqrt() * noise
@@ -28,7 +30,9 @@ def predict_x0(x_t: torch.Tensor, eps: torch.Tensor, a_t: float) -> torch.Tensor
     return (x_t - math.sqrt(1.0 - a_t) * eps) / math.sqrt(a_t)
 
 
-def sample_t(batch_size: int, num_timesteps: int, device: torch.device | str = "cpu", generator=None) -> torch.Tensor:
+def sample_t(
+    batch_size: int, num_timesteps: int, device: torch.device | str = "cpu", generator=None
+) -> torch.Tensor:
     """t ~ U{0, ..., T-1}, one per example."""
     return torch.randint(0, num_timesteps, (batch_size,), device=device, generator=generator)
 

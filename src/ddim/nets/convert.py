@@ -165,4 +165,3 @@ def diffusers_to_original(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Ten
     """Rename a diffusers UNet2DModel state dict (DDPM architecture) to the original layout; also reads the
     pre-0.15 attention names (query/key/value/proj_attn)."""
     return _convert(sd, "diffusers")
-
