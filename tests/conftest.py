@@ -162,17 +162,27 @@ def exits_with_one_line(caplog) -> Callable[[Callable[[DictConfig], object], Dic
 
 @pytest.fixture
 def hydra_main(monkeypatch, capsys) -> Callable[[str, list[str]], tuple[int, str]]:
-    """hydra_main(script, args): `python src/<script> ARGS` run in-process (runpy, as __main__) (HYDRA_FULL_ERROR unset, as a user has it); returns (exit code, stdout + stderr). For failures before the
-    task runs (composition), where Hydra configures no logging in this process."""
+    """hydra_main(script, args): `python src/<script> ARGS` run in-process (runpy, as __main__) with
+    HYDRA_FULL_ERROR unset, as a user has it; returns (exit code, stdout + stderr). Saves a new interpreter
+    and its imports; the logging Hydra configures for its jobs is undone afterwards."""
 
     def run(script: str, args: list[str]) -> tuple[int, str]:
         monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
         monkeypatch.setattr(sys, "argv", [script, *args])
+        root = logging.getLogger()
+        handlers, level = list(root.handlers), root.level
         capsys.readouterr()
-        with pytest.raises(SystemExit) as info:
+        try:
             runpy.run_path(str(ROOT / "src" / script), run_name="__main__")
+            code = 0
+        except SystemExit as exit_:
+            code = exit_.code or 0
+        finally:
+            for handler in set(root.handlers) - set(handlers):
+                handler.close()
+            root.handlers[:], root.level = handlers, level
         captured = capsys.readouterr()
-        return info.value.code, captured.out + captured.err
+        return code, captured.out + captured.err
 
     return run
 

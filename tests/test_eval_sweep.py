@@ -49,8 +49,9 @@ def test_single_job_grid_writes_table1_and_plot(
 
 
 def test_multirun_ends_with_table1_and_plot(
-    tiny_ckpt, tmp_path, eval_cfg, eval_overrides, run_eval_cli, tiny_extractor_override
+    tiny_ckpt, tmp_path, eval_cfg, eval_overrides, hydra_main, tiny_extractor_override
 ):
+    # `src/eval.py -m ...` in-process: the jobs, callbacks and exit code of the real command line.
     sweep_dir = tmp_path / "multirun"
     overrides = [o for o in eval_overrides(tiny_ckpt, tmp_path / "x") if not o.startswith("paths.output_dir")]
     common = [
@@ -63,9 +64,8 @@ def test_multirun_ends_with_table1_and_plot(
         f"hydra.sweep.dir={sweep_dir}",
     ]
     # S=500 > T=100: those two jobs fail with their message, the other four still run and make the table.
-    proc = run_eval_cli([*common, "sampler.eta=0,1", "sampler.steps=2,3,500"], timeout=600)
-    assert proc.returncode == 1, proc.stderr[-3000:]
-    output = proc.stdout + proc.stderr
+    code, output = hydra_main("eval.py", [*common, "sampler.eta=0,1", "sampler.steps=2,3,500"])
+    assert code == 1, output[-3000:]
     assert "sampler.steps must be an integer in [1, 100]" in output
     assert "2 job(s) failed" in output and "Traceback" not in output
     for name in TABLE1_FILES:
@@ -92,16 +92,16 @@ def test_multirun_ends_with_table1_and_plot(
         )
 
     # The README's second multirun into the same folder adds the sigma_hat row (no collision with job 0).
-    proc = run_eval_cli([*common, "sampler=ddpm_sigma_hat", "sampler.steps=2"], timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    code, output = hydra_main("eval.py", [*common, "sampler=ddpm_sigma_hat", "sampler.steps=2"])
+    assert code == 0, output[-3000:]
     table = _table(sweep_dir / "table1.csv")
     assert list(table) == ["eta = 0.0", "eta = 1.0", "sigma_hat"] and table["sigma_hat"]["S=2"] != ""
     assert len(list(sweep_dir.glob("*/metrics.json"))) == 5
     assert float(table["eta = 0.0"]["S=2"]) == pytest.approx(jobs[0]["fid"], rel=1e-5)
 
     # Fast solvers in the same folder: one quality-per-NFE table (rows: sampler settings, columns: NFE).
-    proc = run_eval_cli([*common, "sampler=dpm_solver_pp,heun", "sampler.steps=3"], timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    code, output = hydra_main("eval.py", [*common, "sampler=dpm_solver_pp,heun", "sampler.steps=3"])
+    assert code == 0, output[-3000:]
     solver_jobs = {
         j["sampler"]: j for j in (json.loads(p.read_text()) for p in sweep_dir.glob("*/metrics.json"))
     }
