@@ -12,6 +12,19 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 
+def write_figure(fig: Any, path: Path) -> Path:
+    """A finished matplotlib figure as a PNG written atomically, then closed (pyplot keeps open figures)."""
+    import matplotlib.pyplot as plt
+
+    from ddim.io import atomic_write
+
+    fig.tight_layout()
+    with atomic_write(path) as f:
+        fig.savefig(f, format="png", dpi=120)
+    plt.close(fig)
+    return path
+
+
 @dataclass(frozen=True)
 class TaskResult:
     """What a task measured (metrics.json) and what it made for the loggers (figures, CSV tables)."""

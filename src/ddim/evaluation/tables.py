@@ -18,6 +18,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from ddim.evaluation.reporting import write_figure
 from ddim.io import atomic_write, write_json, write_text
 
 log = logging.getLogger(__name__)
@@ -144,10 +145,7 @@ def plot_fid_vs_steps(
     ax.set_ylabel(value.upper())
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    with atomic_write(path) as f:
-        fig.savefig(f, format="png", dpi=120)
-    plt.close(fig)
+    write_figure(fig, path)
 
 
 def paper_key(data_target: str | None) -> str | None:

@@ -27,9 +27,9 @@ from torch.utils.data import DataLoader
 from ddim.errors import DDIMError
 from ddim.evaluation.context import EvalContext
 from ddim.evaluation.generation import Chunks
-from ddim.evaluation.reporting import TaskResult
+from ddim.evaluation.reporting import TaskResult, write_figure
 from ddim.evaluation.shards import ShardPlan
-from ddim.io import atomic_write, save_tensors, write_text
+from ddim.io import save_tensors, write_text
 from ddim.likelihood import (
     BoundTerms,
     bound_terms,
@@ -240,10 +240,7 @@ def _plot_terms(path: Path, rows: list[dict[str, Any]]) -> Path:
     ax.set_xlabel("t (0 = decoder L_0)")
     ax.set_ylabel("bound term (bits/dim)")
     ax.grid(True, which="both", alpha=0.3)
-    fig.tight_layout()
-    with atomic_write(path) as f:
-        fig.savefig(f, format="png", dpi=120)
-    plt.close(fig)
+    write_figure(fig, path)
     return path
 
 

@@ -13,9 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from ddim.evaluation.context import EvalContext
-from ddim.evaluation.reporting import TaskResult
+from ddim.evaluation.reporting import TaskResult, write_figure
 from ddim.evaluation.tasks.nll import measure, per_timestep_rows, write_csv
-from ddim.io import atomic_write
 from ddim.likelihood import exact_bound
 
 
@@ -42,10 +41,7 @@ def _plots(path: Path, rows: list[dict[str, Any]]) -> Path:
         ax.invert_xaxis()
     for ax in axes:
         ax.grid(True, alpha=0.3)
-    fig.tight_layout()
-    with atomic_write(path) as f:
-        fig.savefig(f, format="png", dpi=120)
-    plt.close(fig)
+    write_figure(fig, path)
     return path
 
 
