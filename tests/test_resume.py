@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import warnings
 import zipfile
@@ -128,7 +129,7 @@ def test_loader_restored_mid_epoch_gives_the_rest_of_that_epoch():
     assert len(list(restored)) == 5
 
 
-def test_resume_with_the_readme_command_after_kill_9(tmp_path, uninterrupted):
+def test_resume_with_the_readme_command_after_kill_9(tmp_path, uninterrupted, hydra_main):
     """The README's command in a real process, killed with SIGKILL soon after its first checkpoint."""
     run_dir = tmp_path / "run"
     args = [sys.executable, str(ROOT / "src" / "train.py"), *RUN, f"hydra.run.dir={run_dir}"]
@@ -140,7 +141,9 @@ def test_resume_with_the_readme_command_after_kill_9(tmp_path, uninterrupted):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL
-    subprocess.run([*args, "ckpt_path=last"], env=env, check=True, capture_output=True, cwd=tmp_path)
+    # The README's resume command, run in-process through src/train.py (its own __main__).
+    code, output = hydra_main("train.py", [*RUN, f"hydra.run.dir={run_dir}", "ckpt_path=last"])
+    assert code == 0, output[-2000:]
     _assert_bitwise_equal(_final(run_dir), uninterrupted)
 
 
@@ -148,26 +151,26 @@ def test_a_save_killed_mid_write_leaves_last_ckpt_intact_even_with_tmpdir_elsewh
     folder = tmp_path / "checkpoints"
     target = folder / "last.ckpt"
     AtomicCheckpointIO().save_checkpoint({"global_step": 1, "w": torch.ones(3)}, target)
-    # A second save killed (SIGKILL) half-way through writing its bytes, with TMPDIR on another file system.
-    script = f"""
-import os, signal, torch
-from hydra import compose, initialize_config_dir
-from omegaconf import open_dict
-
-from ddim.callbacks import RandomStreams
-from ddim.checkpoint_io import AtomicCheckpointIO
-
-def killed_mid_write(obj, f):
-    f.write(b"PK\\x03\\x04" + bytes(100_000))
-    f.flush()
-    os.kill(os.getpid(), signal.SIGKILL)
-
-torch.save = killed_mid_write
-AtomicCheckpointIO().save_checkpoint({{"global_step": 2, "w": torch.zeros(3)}}, {str(target)!r})
-"""
+    # A second save killed (SIGKILL) half-way through writing its bytes, with TMPDIR on another file system:
+    # in a forked copy of this process (no new interpreter to start), which kills itself mid-write.
     tmpdir = "/dev/shm" if os.path.isdir("/dev/shm") else str(tmp_path)
-    result = subprocess.run([sys.executable, "-c", script], env={**os.environ, "TMPDIR": tmpdir})
-    assert result.returncode == -signal.SIGKILL
+
+    def killed_mid_write(obj, f):
+        f.write(b"PK\x03\x04" + bytes(100_000))
+        f.flush()
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    pid = os.fork()
+    if pid == 0:  # the child never returns to pytest: it is killed, or exits on any surprise
+        try:
+            os.environ["TMPDIR"] = tmpdir
+            tempfile.tempdir = None  # tempfile caches TMPDIR at first use
+            torch.save = killed_mid_write
+            AtomicCheckpointIO().save_checkpoint({"global_step": 2, "w": torch.zeros(3)}, target)
+        finally:
+            os._exit(1)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
     old = torch.load(target, weights_only=True)
     assert old["global_step"] == 1 and torch.equal(old["w"], torch.ones(3))
     left = list(folder.glob(f"*{TEMP_SUFFIX}"))
