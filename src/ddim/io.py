@@ -180,6 +180,15 @@ def remove_stale_temporaries(
 # Pixels
 
 
+def file_in_the_way(path: str | os.PathLike) -> Path | None:
+    """The regular file standing where a folder of `path` (or path itself) would have to be, if any: mkdir
+    would fail there mid-run, so callers refuse such a path before anything is written."""
+    for parent in (Path(path).absolute(), *Path(path).absolute().parents):
+        if parent.exists():
+            return None if parent.is_dir() else parent
+    return None
+
+
 def to_uint8(x: torch.Tensor) -> torch.Tensor:
     """round((clamp(x, -1, 1) + 1) * 127.5) as uint8, the same map for generated and real images.
 

@@ -18,6 +18,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from ddim.errors import DDIMError
+from ddim.io import file_in_the_way
 
 
 class TrainConfigError(DDIMError, ValueError):
@@ -82,15 +83,12 @@ def _valid(kind: str, v: Any) -> bool:
 
 def check_run_directory(run_dir: str | Path) -> None:
     """The run directory must be creatable: no part of its path may be an existing regular file."""
-    path = Path(run_dir).absolute()
-    for parent in [path, *path.parents]:
-        if parent.exists():
-            if not parent.is_dir():
-                raise TrainConfigError(
-                    f"The run directory {run_dir} cannot be created: {parent} is a file, not a folder. "
-                    "Choose another run directory, e.g. hydra.run.dir=outputs/my_run."
-                )
-            return
+    blocker = file_in_the_way(run_dir)
+    if blocker is not None:
+        raise TrainConfigError(
+            f"The run directory {run_dir} cannot be created: {blocker} is a file, not a folder. "
+            "Choose another run directory, e.g. hydra.run.dir=outputs/my_run."
+        )
 
 
 def check_train_config(cfg: DictConfig, run_dir: str | Path | None = None) -> None:

@@ -24,7 +24,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from ddim.errors import DDIMError, user_error_in
-from ddim.evaluation.launch import build_trainer, file_in_the_way, single_device
+from ddim.evaluation.launch import build_trainer, check_folder_path, single_device
 from ddim.evaluation.scoring import Scorer, prepare_scorer
 from ddim.parameterization import ModelFn, ModelSpec
 from ddim.samplers import SamplerConfig
@@ -109,15 +109,6 @@ def positive_int(cfg: DictConfig, key: str, example: int) -> int:
     if number is None or number < 1 or number != value and str(number) != str(value).strip():
         raise DDIMError(f"{key} must be a positive integer, got {value!r}: pass e.g. {key}={example}.")
     return number
-
-
-def check_folder_path(path: Path, key: str) -> None:
-    """Refuse a folder path below a regular file before anything is written (mkdir would fail mid-run)."""
-    blocker = file_in_the_way(path)
-    if blocker is not None:
-        raise DDIMError(
-            f"{key}={path} lies under {blocker}, which is a file, not a folder: choose another {key}."
-        )
 
 
 def checked_sampler(sampler: SamplerConfig, schedule: Schedule) -> SamplerConfig:

@@ -16,6 +16,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from ddim.errors import DDIMError
+from ddim.io import file_in_the_way
 from ddim.samplers import SamplerConfig
 
 log = logging.getLogger(__name__)
@@ -55,12 +56,13 @@ def job_dir_name(sampler: Any, overrides: str) -> str:
     return f"{tag}-{hashlib.sha1(str(overrides).encode()).hexdigest()[:8]}"
 
 
-def file_in_the_way(path: Path) -> Path | None:
-    """The regular file standing where a folder of `path` (or path itself) would have to be, if any."""
-    for parent in (path, *path.parents):
-        if parent.exists():
-            return None if parent.is_dir() else parent
-    return None
+def check_folder_path(path: Path, key: str) -> None:
+    """Refuse a folder path below a regular file before anything is written (mkdir would fail mid-run)."""
+    blocker = file_in_the_way(path)
+    if blocker is not None:
+        raise DDIMError(
+            f"{key}={path} lies under {blocker}, which is a file, not a folder: choose another {key}."
+        )
 
 
 class OutputDirCheck(Callback):
@@ -74,14 +76,11 @@ class OutputDirCheck(Callback):
 
     @staticmethod
     def _check(path: Path, key: str) -> None:
-        blocker = file_in_the_way(path)
-        if blocker is not None:
-            # Logging is not configured yet at this point: one plain line on stderr.
-            print(
-                f"{key}={path} lies under {blocker}, which is a file, not a folder: choose another {key}.",
-                file=sys.stderr,
-            )
-            raise SystemExit(2)
+        try:
+            check_folder_path(path, key)
+        except DDIMError as err:
+            print(err, file=sys.stderr)  # logging is not configured yet at this point: one plain line
+            raise SystemExit(2) from None
 
 
 def register_resolvers() -> None:
