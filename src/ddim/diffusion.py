@@ -1,14 +1,10 @@
-"""The DDPM forward process and training loss (Ho et al. 2020): pure functions on tensors."""
+"""The DDPM forward process (Ho et al. 2020) and uniform timestep draws: pure functions on tensors."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 
 import torch
-import torch.nn.functional as F
-
-EpsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def _gather(table: torch.Tensor, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -35,19 +31,3 @@ def sample_t(
 ) -> torch.Tensor:
     """t ~ U{0, ..., T-1}, one per example."""
     return torch.randint(0, num_timesteps, (batch_size,), device=device, generator=generator)
-
-
-def l_simple(
-    eps_fn: EpsFn,
-    x0: torch.Tensor,
-    alphas_cumprod: torch.Tensor,
-    t: torch.Tensor | None = None,
-    noise: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """L_simple = E || eps - eps_theta(x_t, t) ||^2, averaged over pixels and the batch."""
-    if t is None:
-        t = sample_t(x0.shape[0], alphas_cumprod.numel(), x0.device)
-    if noise is None:
-        noise = torch.randn_like(x0)
-    x_t = q_sample(x0, t, noise, alphas_cumprod)
-    return F.mse_loss(eps_fn(x_t, t).float(), noise.float())
