@@ -6,18 +6,14 @@ import math
 
 import torch
 
-
-def _gather(table: torch.Tensor, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """table[t] broadcast against `like`: the float64 table is indexed first, then cast to the model dtype."""
-    values = table.to(t.device)[t].to(like.dtype)
-    return values.reshape(-1, *([1] * (like.ndim - 1)))
+from ddim.parameterization import gather
 
 
 def q_sample(
     x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, alphas_cumprod: torch.Tensor
 ) -> torch.Tensor:
     """x_t = sqrt(a_t) x0 + sqrt(1 - a_t) eps, a draw from q(x_t | x_0)."""
-    a_t = _gather(alphas_cumprod, t, x0)
+    a_t = gather(alphas_cumprod, t, x0)
     return a_t.sqrt() * x0 + (1 - a_t).sqrt() * noise
 
 
