@@ -26,6 +26,7 @@ from unittest import mock
 import torch
 
 from ddim.samplers import SamplerConfig
+from ddim.samplers.config import OPTION_USERS
 from ddim.samplers.oracle import GaussianOracle
 from ddim.schedule import Schedule
 
@@ -132,6 +133,8 @@ def main() -> None:
             variants = [("denoise", True), ("denoise", False), ("none", True), ("none", False)]
             if options["name"] == "ddim":
                 variants = [("denoise", True)]
+            elif options["name"] not in OPTION_USERS["lower_order_final"]:
+                variants = [("denoise", True), ("none", True)]  # the option is refused where unused
             for final, lof in variants:
                 base = SamplerConfig(skip_type=spacing, final_step=final, lower_order_final=lof, **options)
                 results = [cell(base, n, oracle, schedule) for n in args.nfe]

@@ -132,6 +132,8 @@ BLOCKER = "a-file"  # a regular file made in tmp_path; folders "under" it cannot
             rf"hydra.run.dir \(paths.output_dir\)=.* lies under .*{BLOCKER}",
         ),
         ("sampler.eta=2", r"sampler.eta=2.0 is too large for this schedule; use eta <= 1"),
+        ("sampler.steps=ten", r"sampler.steps must be an integer in \[1, 100\], got 'ten'"),
+        ("sampler.variant=bh1", r"sampler.variant does not apply to sampler=ddim; it is used by: unipc"),
         ("sweep.etas=[0,2]", r"sampler.eta=2.0 is too large"),  # every sweep point, before the first image
     ],
 )

@@ -25,6 +25,7 @@ import pytest
 import torch
 
 from ddim.samplers import SamplerConfig, SamplerError, per_sample_generators, sample
+from ddim.samplers.config import OPTION_USERS
 from ddim.samplers.dpm_solver import dpm_solver_multistep, dpm_solver_singlestep
 from ddim.samplers.karras import euler, euler_ancestral, heun
 from ddim.samplers.oracle import GaussianOracle
@@ -453,8 +454,8 @@ def test_config_dispatches_to_the_solver_functions():
         (dict(name="dpm_solver", solver_type="rk"), "Unknown sampler.solver_type 'rk'"),
         (dict(name="pndm", warm_start="rk4"), "Unknown sampler.warm_start 'rk4'"),
         (dict(name="heun", final_step="zero"), "Unknown sampler.final_step 'zero'"),
-        (dict(name="heun", eta=0.5), "sampler.eta=0.5 has no meaning for sampler=heun"),
-        (dict(name="unipc", clip_x0=True), "apply to sampler=ddim only"),
+        (dict(name="heun", eta=0.5), "sampler.eta does not apply to sampler=heun"),
+        (dict(name="unipc", clip_x0=True), "sampler.clip_x0 does not apply to sampler=unipc"),
         (dict(name="ddim", final_step="none"), "sampler=euler is the same ODE step"),
         (dict(name="euler", steps=1, final_step="none"), "at least two distinct timesteps"),
         (dict(name="unipc", corrector="yes"), "sampler.corrector must be true or false"),
@@ -465,6 +466,36 @@ def test_bad_solver_settings_raise_one_clear_error(kwargs, match):
     with pytest.raises(SamplerError, match=match):
         SamplerConfig(**kwargs).run(net, x_T(), SCHED)
     assert net.calls == 0
+
+
+@pytest.mark.parametrize(
+    "name,key,value",
+    [
+        ("heun", "order", 3),
+        ("ddim", "variant", "bh1"),
+        ("euler", "lower_order_final", False),
+        ("pndm", "solver_type", "heun"),
+        ("unipc", "warm_start", "plms"),
+        ("dpm_solver_pp", "corrector", False),
+        ("euler_ancestral", "variance", "sigma_hat"),
+        ("ddim", "order", 3),
+    ],
+)
+def test_an_option_the_sampler_does_not_use_is_refused(name, key, value):
+    users = ", ".join(OPTION_USERS[key])
+    with pytest.raises(
+        SamplerError, match=f"^sampler.{key} does not apply to sampler={name}; it is used by: {users}"
+    ):
+        SamplerConfig(name=name, **{key: value}).validate(SCHED)
+    SamplerConfig(name=OPTION_USERS[key][0], **{key: value}).validate(
+        SCHED
+    )  # the same value where it applies
+    SamplerConfig(name=name, **{key: getattr(SamplerConfig(), key)}).validate(SCHED)  # the default passes
+
+
+def test_steps_that_are_not_a_number_give_one_line():
+    with pytest.raises(SamplerError, match=r"^sampler.steps must be an integer in \[1, 1000\], got 'ten'\.$"):
+        SamplerConfig(steps="ten").validate(T)
 
 
 def test_schedule_errors_keep_their_type():
@@ -520,7 +551,10 @@ def test_hydra_sampler_group_has_every_solver(name):
 
     conf = Path(__file__).resolve().parents[1] / "conf"
     with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
-        cfg = compose(overrides=[f"+sampler={name}", "sampler.steps=12", "sampler.order=3"])
+        as_shipped = SamplerConfig(**compose(overrides=[f"+sampler={name}"]).sampler)
+        order = ["sampler.order=3"] * (name in OPTION_USERS["order"])
+        cfg = compose(overrides=[f"+sampler={name}", "sampler.steps=12", *order])
+    as_shipped.validate(SCHED)  # every file of conf/sampler/ is valid as it stands
     sampler = SamplerConfig(**cfg.sampler)
     if name == "sde_dpm_solver_pp":
         with pytest.raises(SamplerError, match="order 1 or 2"):

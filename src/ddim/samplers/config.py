@@ -35,6 +35,21 @@ SAMPLERS = {
     "euler_ancestral": (False, False, True),
     "pndm": (False, False, False),
 }
+_ORDERED = tuple(name for name, (takes_order, _, _) in SAMPLERS.items() if takes_order)
+# option -> the samplers that read it. Any other sampler refuses a value that differs from the default,
+# so that e.g. `sampler=heun sampler.order=3` is not silently a plain Heun run.
+OPTION_USERS = {
+    "eta": ("ddim", "euler_ancestral"),
+    "variance": ("ddim",),
+    "clip_x0": ("ddim",),
+    "order": _ORDERED,
+    "solver_type": ("dpm_solver_pp", "sde_dpm_solver_pp", "dpm_solver"),
+    "variant": ("unipc",),
+    "corrector": ("unipc",),
+    "warm_start": ("pndm",),
+    "lower_order_final": tuple(name for name, (_, uses_lof, _) in SAMPLERS.items() if uses_lof),
+    "final_step": tuple(name for name in SAMPLERS if name != "ddim"),
+}
 
 
 @dataclass
@@ -77,30 +92,26 @@ class SamplerConfig:
         schedule: the Schedule, or only its length T (enough for all but the sequence of logsnr/karras)."""
         if self.name not in SAMPLERS:
             raise SamplerError(f"Unknown sampler.name {self.name!r}; choose one of {tuple(SAMPLERS)}.")
+        T = schedule.num_timesteps if isinstance(schedule, Schedule) else int(schedule)
+        if self.timesteps is None and (
+            isinstance(self.steps, bool) or not isinstance(self.steps, (int, float))
+        ):
+            raise SamplerError(f"sampler.steps must be an integer in [1, {T}], got {self.steps!r}.")
         check_eta(self.eta)
         check_variance(self.variance)
         for key in ("clip_x0", "corrector", "lower_order_final"):
             if not isinstance(getattr(self, key), bool):
                 raise SamplerError(f"sampler.{key} must be true or false, got {getattr(self, key)!r}.")
-        if self.name != "ddim" and (self.variance != "eta" or self.clip_x0):
-            raise SamplerError(
-                f"sampler.variance / sampler.clip_x0 apply to sampler=ddim only, not {self.name}; "
-                "leave them at eta / false."
-            )
-        if self.name not in ("ddim", "euler_ancestral") and self.eta != 0.0:
-            raise SamplerError(
-                f"sampler.eta={self.eta} has no meaning for sampler={self.name} (it is for ddim and "
-                "euler_ancestral); set sampler.eta=0."
-            )
-        check_dpm_options(self.order, self.solver_type, sde=self.name == "sde_dpm_solver_pp")
-        check_unipc_options(self.order, self.variant)
-        check_warm_start(self.warm_start)
-        check_final_step(self.final_step)
         if self.name == "ddim" and self.final_step != "denoise":
             raise SamplerError(
                 "sampler=ddim always ends with the step to a = 1 (final_step=denoise); "
                 "sampler=euler is the same ODE step and takes final_step=none."
             )
+        self._check_options_apply()
+        check_dpm_options(self.order, self.solver_type, sde=self.name == "sde_dpm_solver_pp")
+        check_unipc_options(self.order, self.variant)
+        check_warm_start(self.warm_start)
+        check_final_step(self.final_step)
         if self.timesteps is None and self.skip_type not in SKIP_TYPES:
             raise SamplerError(
                 f"Unknown sampler.skip_type {self.skip_type!r}; choose one of {SKIP_TYPES} "
@@ -115,6 +126,15 @@ class SamplerConfig:
                 "sampler.final_step=none needs at least two distinct timesteps; use more steps or final_step=denoise."
             )
         return self
+
+    def _check_options_apply(self) -> None:
+        defaults = SamplerConfig()
+        for key, users in OPTION_USERS.items():
+            if self.name not in users and getattr(self, key) != getattr(defaults, key):
+                raise SamplerError(
+                    f"sampler.{key} does not apply to sampler={self.name}; it is used by: {', '.join(users)} "
+                    f"(leave it at {getattr(defaults, key)!r})."
+                )
 
     def _needs_table(self, schedule: Schedule | int) -> bool:
         return (
