@@ -12,7 +12,7 @@ import torch
 from ddim.errors import user_error_in
 from ddim.lit_module import DiffusionModule
 from ddim.nets.unet import UNet
-from ddim.training import train
+from ddim.training import closing_line, data_choice, train
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF_DIR = ROOT / "conf"
@@ -85,9 +85,13 @@ QUICK = [
 ]
 
 
-def test_resume_continues_step_optimizer_schedule_and_ema(tmp_path, train_cfg):
+def test_resume_continues_step_optimizer_schedule_and_ema(tmp_path, train_cfg, caplog):
     run_dir = tmp_path / "run"
-    train(train_cfg([*QUICK, "trainer.max_steps=4", "model.ema_decay=0.999"], run_dir))
+    with caplog.at_level("INFO", logger="ddim.training"):
+        train(train_cfg([*QUICK, "trainer.max_steps=4", "model.ema_decay=0.999"], run_dir))
+    assert caplog.messages[-1] == closing_line(
+        run_dir / "checkpoints" / "last.ckpt", run_dir / "samples", None
+    )
     ckpt4 = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert ckpt4["global_step"] == 4
 
@@ -111,6 +115,23 @@ def test_resume_continues_step_optimizer_schedule_and_ema(tmp_path, train_cfg):
     module = DiffusionModule.load_from_checkpoint(run_dir / "checkpoints" / "last.ckpt", map_location="cpu")
     torch.testing.assert_close(module.ema_net.conv_in.weight, ema8)
     assert module.hparams["ema_decay"] == 0.999
+
+
+def test_closing_line_names_the_data_config_the_run_was_composed_with(compose_config):
+    from hydra.core.hydra_config import HydraConfig
+
+    assert data_choice() is None  # composed in-process: no data= to suggest
+    HydraConfig.instance().set_config(
+        compose_config(["experiment=quickstart"], "train", return_hydra_config=True)
+    )
+    try:
+        assert data_choice() == "digits"
+    finally:
+        HydraConfig.instance().cfg = None
+    ckpt = Path("run/checkpoints/last.ckpt")
+    line = closing_line(ckpt, Path("run/samples"), "digits")
+    assert f"Checkpoint: {ckpt}; sample grids: {Path('run/samples')}" in line
+    assert line.endswith(f"Next: python src/eval.py ckpt={ckpt} data=digits task=sample")
 
 
 def _noise(records: dict) -> torch.Tensor:

@@ -9,6 +9,7 @@ from typing import Any
 
 import hydra
 import pytorch_lightning as pl
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from ddim.callbacks import RandomStreams
@@ -72,4 +73,21 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     )
     if trainer.is_global_zero:
         write_json(output_dir / "metrics.json", metrics)
+        if checkpointing is not None and checkpointing.dirpath and not trainer.interrupted:
+            log.info(closing_line(last, Path(trainer.default_root_dir) / "samples", data_choice()))
     return metrics
+
+
+def data_choice() -> str | None:
+    """The data config this run was composed with (e.g. digits): eval needs it to load the same data set.
+    None outside @hydra.main (a config composed in-process)."""
+    return HydraConfig.get().runtime.choices.get("data") if HydraConfig.initialized() else None
+
+
+def closing_line(checkpoint: Path, samples: Path, data: str | None) -> str:
+    """Where the results are and the command to run next, the last line a training run logs."""
+    data_option = f" data={data}" if data else ""
+    return (
+        f"Training done. Checkpoint: {checkpoint}; sample grids: {samples}. Next: "
+        f"python src/eval.py ckpt={checkpoint}{data_option} task=sample"
+    )
