@@ -141,10 +141,33 @@ def test_ablation_table_rows_come_from_checkpoint_hyper_parameters(tiny_net, tin
                 {"task": "nll", "checkpoint": str(ckpt), "bits_per_dim": 3.0 + i, "bits_per_dim_ci95": 0.25},
             )
         )
+    # The second checkpoint's FID also measured with another sampler: a row of its own, not merged.
+    files.append(
+        write_json(
+            tmp_path / "fid1_heun" / "metrics.json",
+            {
+                "task": "fid",
+                "checkpoint": str(ckpt),
+                "fid": 20.0,
+                "sampler_label": "heun_karras",
+                "steps": 10,
+            },
+        )
+    )
     rows = collect(files)
-    assert [(r["parameterization"], r["loss"], r["fid"], r["nll_bits_per_dim"]) for r in rows] == [
-        ("mu", "vlb", 10.0, 3.0), ("eps", "simple", 11.0, 4.0)]  # fmt: skip
+    assert [(r["parameterization"], r["loss"], r["sampler"], r["fid"], r["nll_bits_per_dim"]) for r in rows] == [
+        ("mu", "vlb", None, 10.0, 3.0), ("eps", "simple", None, 11.0, 4.0),
+        ("eps", "simple", "heun_karras, 10 steps", 20.0, 4.0)]  # fmt: skip
     assert rows[0]["paper_fid_cifar10"] == 13.22 and rows[1]["paper_fid_cifar10"] == 3.17
     assert rows[1]["train_time_s"] is None  # no training metrics.json beside that checkpoint
     paths = write_table(rows, tmp_path)
-    assert "| mu | vlb | fixed_large | 10.00 | 3.00 | 0.25 | 123.40 | 13.22 |" in paths["md"].read_text()
+    assert "| mu | vlb | fixed_large | - | 10.00 | 3.00 | 0.25 | 123.40 | 13.22 |" in paths["md"].read_text()
+
+
+def test_ablation_without_arguments_prints_its_usage(tmp_path):
+    from ddim.evaluation.ablation import main
+
+    with pytest.raises(SystemExit, match="^usage: python -m ddim.evaluation.ablation OUT_DIR"):
+        main([])
+    with pytest.raises(SystemExit, match="No metrics.json under"):
+        main([str(tmp_path / "out"), str(tmp_path)])

@@ -27,6 +27,7 @@ COLUMNS = [
     "parameterization",
     "loss",
     "variance",
+    "sampler",
     "fid",
     "nll_bits_per_dim",
     "nll_ci95",
@@ -45,37 +46,50 @@ def _train_time(ckpt: Path) -> float | None:
         return None
 
 
+def _sampler_settings(m: dict[str, Any]) -> str | None:
+    """The sampler an FID was measured with, e.g. 'eta0_uniform, 100 steps' (None in older metrics files)."""
+    label = m.get("sampler_label")
+    return None if label is None else f"{label}, {m.get('steps')} steps"
+
+
 def collect(metrics_files: Iterable[Path]) -> list[dict[str, Any]]:
-    """One row per checkpoint, FID and NLL merged from the runs that measured them."""
+    """One row per (checkpoint, sampler settings of its FID): a checkpoint evaluated with several samplers
+    gets one row each, never one FID silently standing for the others. NLL does not depend on the sampler,
+    so each of a checkpoint's rows carries its NLL."""
     from ddim.checkpoints import read_checkpoint
 
-    rows: dict[str, dict[str, Any]] = {}
+    models: dict[str, dict[str, Any]] = {}
+    fids: dict[str, dict[str | None, float]] = {}
     for path in metrics_files:
         m = json.loads(Path(path).read_text())
         ckpt = m.get("checkpoint")
         if not ckpt or m.get("task") not in ("fid", "nll", None):
             continue
-        if ckpt not in rows:
+        if ckpt not in models:
             hp = read_checkpoint(ckpt).hyper_parameters or {}
-            rows[ckpt] = {
+            models[ckpt] = {
                 "parameterization": hp.get("parameterization", "eps"),
                 "loss": hp.get("loss", "simple"),
                 "variance": hp.get("variance", "fixed_large"),
-                "fid": None,
                 "nll_bits_per_dim": None,
                 "nll_ci95": None,
                 "train_time_s": _train_time(Path(ckpt)),
                 "checkpoint": ckpt,
             }
-        row = rows[ckpt]
+            fids[ckpt] = {}
         if "bits_per_dim" in m:
-            row["nll_bits_per_dim"] = m["bits_per_dim"]
-            row["nll_ci95"] = m.get("bits_per_dim_ci95")
+            models[ckpt]["nll_bits_per_dim"] = m["bits_per_dim"]
+            models[ckpt]["nll_ci95"] = m.get("bits_per_dim_ci95")
         elif "fid" in m:
-            row["fid"] = m["fid"]
-    for row in rows.values():
-        row["paper_fid_cifar10"] = PAPER_FID.get((row["parameterization"], row["loss"], row["variance"]))
-    return sorted(rows.values(), key=lambda r: (r["parameterization"] != "mu", r["loss"], r["variance"]))
+            fids[ckpt][_sampler_settings(m)] = m["fid"]
+    rows = []
+    for ckpt, model in models.items():
+        paper = PAPER_FID.get((model["parameterization"], model["loss"], model["variance"]))
+        for sampler, fid in sorted(fids[ckpt].items(), key=lambda kv: str(kv[0])) or [(None, None)]:
+            rows.append({**model, "sampler": sampler, "fid": fid, "paper_fid_cifar10": paper})
+    return sorted(
+        rows, key=lambda r: (r["parameterization"] != "mu", r["loss"], r["variance"], str(r["sampler"]))
+    )
 
 
 def write_table(rows: list[dict[str, Any]], out_dir: Path) -> dict[str, Path]:
@@ -94,9 +108,18 @@ def write_table(rows: list[dict[str, Any]], out_dir: Path) -> dict[str, Path]:
     }
 
 
+USAGE = (
+    "usage: python -m ddim.evaluation.ablation OUT_DIR RUN_DIR_OR_SWEEP_DIR... (the evaluation runs' folders)"
+)
+
+
 def main(argv: list[str]) -> None:
+    if len(argv) < 2 or argv[0] in ("-h", "--help"):
+        sys.exit(USAGE)
     out_dir, *roots = argv
     files = [p for root in roots for p in sorted(Path(root).rglob("metrics.json"))]
+    if not files:
+        sys.exit(f"No metrics.json under {', '.join(roots)}; {USAGE}")
     paths = write_table(collect(files), Path(out_dir))
     print(Path(paths["md"]).read_text())
 
