@@ -423,3 +423,13 @@ def test_lightning_trainer_drives_the_datamodule(tmp_path):
     trainer.fit(Probe(), datamodule=dm)
     assert seen["train"].shape == (16, 1, 8, 8) and seen["val"].shape == (16, 1, 8, 8)
     assert torch.is_tensor(seen["train"]) and seen["train"].min() >= -1 and seen["train"].max() <= 1
+
+
+def test_num_workers_is_capped_at_the_available_cpus(monkeypatch):
+    import ddim.data.base
+
+    monkeypatch.setattr(ddim.data.base, "available_cpus", lambda: 2)
+    assert DigitsDataModule(num_workers=4).num_workers == 2  # no "suggested max is 2" warning from torch
+    assert DigitsDataModule(num_workers=1).num_workers == 1
+    assert DigitsDataModule(num_workers=0).persistent_workers is False
+    assert 1 <= ddim.data.base.available_cpus() <= (os.cpu_count() or 1)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -84,12 +85,18 @@ def _first(dataset: Dataset, n: int | None) -> Dataset:
 # Base class: loaders are written once here.
 
 
+def available_cpus() -> int:
+    """CPUs this process may run on (its affinity mask where the OS has one, as torch's DataLoader counts)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 class ImageDataModule(pl.LightningDataModule):
     """Shared loaders for unconditional image data in [-1, 1].
 
     Args:
         batch_size: images per training batch (also used for val/test).
-        num_workers: DataLoader worker processes.
+        num_workers: DataLoader worker processes, at most one per CPU this process may use (more only
+            compete for the same cores, and torch warns about them).
         flip: random horizontal flips (p=0.5) in training only; val/test are never flipped.
         limit: use only the first N training images (quick runs and tests); null = all.
         val_size: the validation loader holds the first `val_size` test images (no flips).
@@ -115,7 +122,7 @@ class ImageDataModule(pl.LightningDataModule):
         if num_workers < 0:
             raise DataConfigError(f"data.num_workers must be >= 0, got {num_workers}.")
         self.batch_size = int(batch_size)
-        self.num_workers = int(num_workers)
+        self.num_workers = min(int(num_workers), available_cpus())
         self.flip = bool(flip)
         self.limit = limit
         self.val_size = int(val_size)
