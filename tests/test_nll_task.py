@@ -14,9 +14,12 @@ def _run(eval_cfg, eval_overrides, ckpt, out, *extra):
     return evaluate(eval_cfg([*eval_overrides(ckpt, out), *extra]))
 
 
-def test_nll_exact_breakdown_csv_and_resume(eval_cfg, eval_overrides, tiny_ckpt, tmp_path):
+def test_nll_exact_breakdown_csv_and_resume(eval_cfg, eval_overrides, tiny_ckpt, tmp_path, caplog):
     args = ("task=nll", "nll.n_images=6", "nll.batch_size=4", "nll.max_batch=64")
-    m = _run(eval_cfg, eval_overrides, tiny_ckpt, tmp_path / "a", *args)
+    with caplog.at_level("INFO", logger="ddim.evaluation.tasks.nll"):
+        m = _run(eval_cfg, eval_overrides, tiny_ckpt, tmp_path / "a", *args)
+    result = f"NLL {m['bits_per_dim']:.4f} +- {m['bits_per_dim_ci95']:.4f} bits/dim (95%; nll.mode=exact, 6 test images)"
+    assert result in caplog.messages  # eval.log has the result, as it has FID's
     assert m["bits_per_dim"] == pytest.approx(m["prior_L_T"] + m["kl_sum_L_t"] + m["decoder_L_0"], rel=1e-9)
     assert m["images_computed"] == 6 and m["bits_per_dim"] > 0 and m["world_size"] == 1
     rows = list(csv.DictReader(open(tmp_path / "a" / "nll_terms.csv")))

@@ -15,6 +15,7 @@ interrupted run resumes from the files it finds, and rank 0 reads them all.
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from pathlib import Path
@@ -47,6 +48,8 @@ from ddim.schedule import Schedule
 MODES = ("exact", "mc")
 SPLITS = ("test", "train")
 BITS_TO_RMSE = 127.5  # x0_hat errors on [-1, 1] -> the [0, 255] scale
+
+log = logging.getLogger(__name__)
 
 
 def split_dataset(ctx: EvalContext, split: str, task: str = "nll") -> Any:
@@ -279,6 +282,7 @@ def run(
         "kl_sum_L_t": float(est.kl.mean()),
         "decoder_L_0": float(est.decoder.mean()),
     }
+    log.info(f"NLL {bpd:.4f} +- {ci:.4f} bits/dim (95%; nll.mode={mode}, {est.total.numel()} {split} images)")
     images, tables = {}, {}
     if mode == "exact":
         rows = per_timestep_rows(terms)
