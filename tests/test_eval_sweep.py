@@ -202,3 +202,24 @@ def test_submitit_launcher_config_composes(compose_config):
     default = launcher()  # trainer.devices=auto: one task and GPU per node, not the string 'auto'
     assert (default.tasks_per_node, default.gpus_per_node, default.nodes) == (1, 1, 1)
     assert launcher("trainer.devices=[0,1,2]").tasks_per_node == 3
+
+
+def test_fid_plot_labels_its_log_axes_with_plain_numbers(tmp_path, monkeypatch):
+    import matplotlib.pyplot as plt
+
+    from ddim.evaluation.tables import plot_fid_vs_steps
+
+    figures = []
+    monkeypatch.setattr(plt, "close", figures.append)  # keep the figure to read its labels
+    cells = {("eta0", 10): 600.0, ("eta0", 20): 60.0, ("eta0", 50): 6.0}
+    plot_fid_vs_steps(tmp_path / "fid.png", ["eta0"], [10, 20, 50], cells)
+    ax = figures[0].axes[0]
+    figures[0].canvas.draw()
+    x_labels = [t.get_text() for t in ax.xaxis.get_ticklabels(which="both") if t.get_text()]
+    y_labels = [t.get_text() for t in ax.yaxis.get_ticklabels(which="both") if t.get_text()]
+    assert x_labels == ["10", "20", "50"]
+    assert {"10", "100", "20", "50"} <= set(y_labels) and all(
+        label.replace(".", "").isdigit() for label in y_labels
+    )
+    monkeypatch.undo()
+    plt.close(figures[0])

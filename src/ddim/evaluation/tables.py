@@ -128,6 +128,7 @@ def plot_fid_vs_steps(
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter, NullFormatter
 
     fig, ax = plt.subplots(figsize=(5.5, 4))
     for r in rows:
@@ -138,14 +139,24 @@ def plot_fid_vs_steps(
     ax.set_xscale("log")
     ax.set_xticks(list(cols))
     ax.set_xticklabels([str(c) for c in cols])
+    ax.xaxis.set_minor_formatter(NullFormatter())  # the columns are labelled; no "6x10^0" between them
     values = [v for v in cells.values() if v > 0]
     if values and max(values) / min(values) > 50:
         ax.set_yscale("log")
+        # Plain numbers (5, 20, 100), not matplotlib's "2x10^1"; between decades only the 2s and 5s.
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.yaxis.set_minor_formatter(
+            FuncFormatter(lambda v, _: f"{v:g}" if _leading_digit(v) in (2, 5) else "")
+        )
     ax.set_xlabel(xlabel)
     ax.set_ylabel(value.upper())
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
     write_figure(fig, path)
+
+
+def _leading_digit(v: float) -> int:
+    return round(v / 10 ** math.floor(math.log10(v))) if v > 0 else 0
 
 
 def paper_key(data_target: str | None) -> str | None:
