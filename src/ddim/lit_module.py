@@ -10,6 +10,7 @@ Built from plain config values only, so `DiffusionModule.load_from_checkpoint(pa
 from __future__ import annotations
 
 import copy
+import warnings
 from typing import Any
 
 import pytorch_lightning as pl
@@ -104,6 +105,13 @@ class DiffusionModule(pl.LightningModule):
         )
         # The EMA copy is a registered submodule so it is saved in, and restored from, every checkpoint.
         self.ema_net = copy.deepcopy(self.net).requires_grad_(False).eval()
+        # The EMA copy is in eval mode by design (it is averaged, never trained), so Lightning's "Found N
+        # module(s) in eval mode at the start of training" is expected: silenced for exactly its module count,
+        # so any other module left in eval mode still warns.
+        n_ema = len(list(self.ema_net.modules()))
+        warnings.filterwarnings(
+            "ignore", message=rf"Found {n_ema} module\(s\) in eval mode at the start of training"
+        )
         self.schedule = Schedule.from_config(**schedule)
         self._data_checked = not needs_discrete_data(loss)
         if timestep_sampler == "loss_aware":
