@@ -47,7 +47,6 @@ class Generation:
 @dataclass(frozen=True, kw_only=True)
 class EvalContext:
     net: ModelFn  # the network read through its parameterization: an eps function for the samplers
-    unet_config: dict[str, Any]
     schedule: Schedule
     sampler: SamplerConfig  # validated against the schedule
     image_shape: tuple[int, int, int]  # (C, H, W) the network makes
@@ -221,8 +220,7 @@ def load_context(cfg: DictConfig) -> EvalContext:
     ema = {True: "EMA", False: "raw", None: "only"}[ckpt.ema]
     log.info(f"Checkpoint {path} ({ckpt.layout} layout, {ema} weights), T={schedule.num_timesteps}")
 
-    unet_config = dict(config)
-    channels, resolution = int(unet_config.get("in_channels", 3)), int(unet_config["resolution"])
+    channels, resolution = int(config.get("in_channels", 3)), int(config["resolution"])
     image_shape = (channels, resolution, resolution)
     data_cfg = data_for_checkpoint(cfg.get("data"), resolution)
     datamodule = partial(make_datamodule, data_cfg, image_shape)
@@ -238,7 +236,6 @@ def load_context(cfg: DictConfig) -> EvalContext:
 
     return EvalContext(
         net=net,
-        unet_config=unet_config,
         schedule=schedule,
         sampler=sampler,
         image_shape=image_shape,
