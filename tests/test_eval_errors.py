@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from ddim.errors import DDIMError
 from ddim.evaluation import evaluate
+from ddim.hydra_utils import CheckBeforeRun
 
 
 def _assert_nothing_written(out):
@@ -164,3 +166,19 @@ def test_bad_values_on_the_command_line_exit_2_with_one_line(
     errors = [line for line in output.splitlines() if message in line]
     assert code == 2 and len(errors) == 1 and "Traceback" not in output, output
     assert not list(tmp_path.rglob("manifest.json")) and not list(tmp_path.rglob("metrics.json"))
+
+
+def test_a_sweep_folder_below_a_file_is_refused_before_the_multirun_starts(tmp_path, capsys):
+    # conf/eval.yaml's check also runs at multirun start (on the sweep folder); training's only before a run.
+    (tmp_path / BLOCKER).write_text("not a folder")
+    config = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path / BLOCKER / "sweep")}}})
+    with pytest.raises(SystemExit) as exit_info:
+        CheckBeforeRun("ddim.evaluation.launch.check_output_folder", before_multirun=True).on_multirun_start(
+            config
+        )
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 2 and len(lines) == 1, lines
+    assert f"{BLOCKER}, which is a file, not a folder: choose another hydra.sweep.dir" in lines[0]
+    CheckBeforeRun("ddim.evaluation.launch.check_output_folder").on_multirun_start(
+        config
+    )  # not asked: no check

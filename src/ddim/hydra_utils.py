@@ -9,10 +9,11 @@ from typing import Any
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from ddim.errors import user_error_in
+from ddim.errors import DDIMError, user_error_in
 
 
 def instantiate_group(group: DictConfig | None) -> list[Any]:
@@ -43,3 +44,31 @@ def run_reporting_user_errors(task: Callable[[DictConfig], Any], cfg: DictConfig
         if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
             return {"failed": str(user_error)}
         sys.exit(2)
+
+
+class CheckBeforeRun(Callback):
+    """Hydra callback: `check(config, folder_key)` runs before Hydra creates the run folder (and, with
+    before_multirun, the sweep folder), so a bad command line leaves nothing behind. A user error is one
+    plain line and exit 2: logging is not configured yet at this point.
+
+    check: dotted path of the check, e.g. ddim.train_checks.check_before_run; folder_key names the folder
+    about to be created ("hydra.run.dir" or "hydra.sweep.dir").
+    """
+
+    def __init__(self, check: str, before_multirun: bool = False) -> None:
+        self.check: Callable[[DictConfig, str], None] = hydra.utils.get_method(check)
+        self.before_multirun = before_multirun
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self._run(config, "hydra.run.dir")
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        if self.before_multirun:
+            self._run(config, "hydra.sweep.dir")
+
+    def _run(self, config: DictConfig, folder_key: str) -> None:
+        try:
+            self.check(config, folder_key)
+        except DDIMError as err:
+            print(f"Error: {err}", file=sys.stderr)
+            raise SystemExit(2) from None

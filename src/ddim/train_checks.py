@@ -1,20 +1,18 @@
 """Training settings checked before anything is built or written: one message naming the key and the fix.
 
-`check_train_config` runs twice: from a Hydra callback before Hydra creates the run directory (so a bad
+`check_train_config` runs twice: from a Hydra callback (`check_before_run`) before Hydra creates the run directory (so a bad
 command line leaves nothing behind) and at the start of `train(cfg)` (for in-process callers).
 """
 
 from __future__ import annotations
 
 import re
-import sys
 from pathlib import Path
 from typing import Any
 
 import hydra
 import pytorch_lightning as pl
 from hydra.errors import InstantiationException
-from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from ddim.errors import DDIMError
@@ -123,13 +121,7 @@ def instantiate_data(cfg: DictConfig) -> pl.LightningDataModule:
         ) from err
 
 
-class CheckBeforeRun(Callback):
-    """Hydra callback: check the settings before Hydra creates and fills the run directory."""
-
-    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
-        try:
-            check_train_config(config, run_dir=config.hydra.run.dir)
-            instantiate_data(config)  # cheap: data modules read nothing before setup()
-        except DDIMError as err:
-            print(f"Error: {err}", file=sys.stderr)
-            sys.exit(2)
+def check_before_run(config: DictConfig, folder_key: str) -> None:
+    """The check conf/train.yaml's CheckBeforeRun callback runs before Hydra creates the run folder."""
+    check_train_config(config, run_dir=OmegaConf.select(config, folder_key))
+    instantiate_data(config)  # cheap: data modules read nothing before setup()

@@ -5,14 +5,12 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import sys
 from pathlib import Path
 from typing import Any
 
 import hydra
 import pytorch_lightning as pl
 import torch
-from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from ddim.errors import DDIMError
@@ -65,22 +63,9 @@ def check_folder_path(path: Path, key: str) -> None:
         )
 
 
-class OutputDirCheck(Callback):
-    """Refuse a run or sweep folder below a regular file with one line, before Hydra tries to create it."""
-
-    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
-        self._check(Path(str(config.hydra.run.dir)), "hydra.run.dir")
-
-    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        self._check(Path(str(config.hydra.sweep.dir)), "hydra.sweep.dir")
-
-    @staticmethod
-    def _check(path: Path, key: str) -> None:
-        try:
-            check_folder_path(path, key)
-        except DDIMError as err:
-            print(err, file=sys.stderr)  # logging is not configured yet at this point: one plain line
-            raise SystemExit(2) from None
+def check_output_folder(config: DictConfig, folder_key: str) -> None:
+    """The check conf/eval.yaml's CheckBeforeRun callback runs before Hydra creates the run or sweep folder."""
+    check_folder_path(Path(str(OmegaConf.select(config, folder_key))), folder_key)
 
 
 def register_resolvers() -> None:
