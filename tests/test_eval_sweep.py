@@ -193,7 +193,7 @@ def test_submitit_launcher_config_composes(compose_config):
         )
         # Typed like the plugin's own schema: an 'auto' where it wants an int fails here.
         OmegaConf.merge(OmegaConf.structured(SlurmQueueConf), cfg.hydra.launcher)
-        assert cfg.hydra.callbacks.sweep_table._target_.endswith("SweepTableCallback")
+        assert cfg.hydra.callbacks.sweep_table._target_ == "ddim.evaluation.sweep_callback.SweepTableCallback"
         return cfg.hydra.launcher
 
     four = launcher("trainer.devices=4", "trainer.num_nodes=2")

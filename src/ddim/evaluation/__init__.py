@@ -7,6 +7,7 @@ scoring.py     Scorer (extractor + reference statistics), prepared before any sa
 tasks/         one module per task, registered in tasks.TASKS
 generation.py, shards.py     seeded, sharded, resumable sample files
 fid.py, inception.py, reference.py    the metrics; tables.py, reporting.py    results
+sweep_callback.py    Hydra callback: a multirun's jobs -> sweep tables
 """
 
 from ddim.evaluation.dispatch import evaluate
