@@ -124,19 +124,9 @@ def test_bad_sampler_settings_fail_before_training(tmp_path):
         SampleGrid(every_n_steps=0)
 
 
-def test_with_the_real_diffusion_module(tmp_path):
+def test_with_the_real_diffusion_module(tmp_path, tiny_net):
     lit = pytest.importorskip("ddim.lit_module")
-    net = dict(
-        in_channels=1,
-        out_channels=1,
-        resolution=8,
-        ch=32,
-        ch_mult=[1, 2],
-        num_res_blocks=1,
-        attn_resolutions=[],
-        dropout=0.0,
-    )
-    module = lit.DiffusionModule(net=net, schedule={"num_timesteps": 50}, optim={"warmup_steps": 0})
+    module = lit.DiffusionModule(net=tiny_net, schedule={"num_timesteps": 50}, optim={"warmup_steps": 0})
     callback = SampleGrid(every_n_steps=1, n_samples=2, seed=0, sampler={"steps": 2})
     fit(module, callback, tmp_path, False, max_steps=1)
     assert (tmp_path / "samples" / "step_0000001.png").exists()
