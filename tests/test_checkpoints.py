@@ -125,3 +125,15 @@ def test_our_checkpoints_rebuild_from_the_recorded_config(tmp_path, monkeypatch)
     assert config == {**module.net.config, "ch_mult": (1, 2), "attn_resolutions": (16,)}
     for a, b in zip(model.state_dict().values(), module.ema_net.state_dict().values(), strict=True):
         assert torch.equal(a, b)
+
+
+def test_a_file_of_garbage_is_called_damaged_without_torchs_retry_advice(tmp_path):
+    # torch's weights-only error opens with "Re-running torch.load with weights_only set to False": advice that
+    # is wrong for a damaged file and unsafe for a hostile one, so the message must carry the unpickler's finding.
+    junk = tmp_path / "junk.ckpt"
+    junk.write_bytes(bytes(range(7, 256)) * 4)
+    with pytest.raises(CheckpointError) as info:
+        safe_load(junk)
+    message = str(info.value)
+    assert "corrupt, truncated or not a PyTorch" in message
+    assert "weights_only" not in message and "\n" not in message

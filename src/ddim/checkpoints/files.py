@@ -63,7 +63,11 @@ class Checkpoint:
 
 
 def _corrupt(path: Path, err: Exception) -> CheckpointError:
-    detail = (str(err).strip().splitlines() or [""])[0][:200]
+    text = str(err)
+    # torch's weights-only failures open with advice to retry with weights_only=False, which is wrong for a
+    # damaged file (and unsafe); the unpickler's own finding follows its "WeightsUnpickler error:" marker.
+    finding = re.search(r"WeightsUnpickler error:\s*(\S[^\n]*)", text)
+    detail = (finding.group(1) if finding else (text.strip().splitlines() or [""])[0]).strip()[:200]
     return CheckpointError(
         f"could not read checkpoint {path}: {type(err).__name__}{': ' + detail if detail else ''}. "
         "The file is corrupt, truncated or not a PyTorch/safetensors checkpoint; re-download or re-save it."
