@@ -7,7 +7,7 @@ uint8 quantisation, PNG shards written atomically), with the U-Net wrapped in a 
   network-only       the same number of U-Net calls on their own, as a reference measured in this process.
 Repeats are interleaved and medians reported, so load from other processes hits both alike.
 
-task=nll (exact bound, T network calls per image): images/s of `ddim.likelihood.bound_terms` as task=nll runs
+task=nll (exact bound, T network calls per image): images/s of `ddim.diffusion.likelihood.bound_terms` as task=nll runs
 it, (image, timestep) pairs batched across timesteps `--nll-max-batch` at a time, against a plain loop over t
 (one call per timestep for the whole batch of images), on the same images and noise; both give the same bits/dim.
 
@@ -28,13 +28,13 @@ from pathlib import Path
 import pytorch_lightning as pl
 import torch
 
-from ddim.diffusion import q_sample
+from ddim.diffusion.forward import q_sample
+from ddim.diffusion.likelihood import bound_terms, exact_bound, prior_bpd, vb_terms_bpd
+from ddim.diffusion.parameterization import ModelFn, ModelSpec
+from ddim.diffusion.schedule import Schedule
 from ddim.evaluation.generation import generate_samples
-from ddim.likelihood import bound_terms, exact_bound, prior_bpd, vb_terms_bpd
 from ddim.nets.unet import UNet
-from ddim.parameterization import ModelFn, ModelSpec
 from ddim.samplers import SamplerConfig
-from ddim.schedule import Schedule
 
 CONFIGS = {
     "cifar10": dict(resolution=32, ch=128, ch_mult=(1, 2, 2, 2), num_res_blocks=2, attn_resolutions=(16,)),

@@ -16,7 +16,7 @@ import time
 
 import torch
 
-from ddim.lit_module import DiffusionModule
+from ddim.training.module import DiffusionModule
 
 CONFIGS = {
     "cifar10": dict(

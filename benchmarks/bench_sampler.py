@@ -23,9 +23,9 @@ from collections.abc import Callable
 
 import torch
 
+from ddim.diffusion.schedule import Schedule, timestep_sequence
 from ddim.nets.unet import UNet
 from ddim.samplers import SamplerConfig, initial_noise, per_sample_generators
-from ddim.schedule import Schedule, timestep_sequence
 
 CONFIGS = {
     "cifar10": dict(resolution=32, ch=128, ch_mult=(1, 2, 2, 2), num_res_blocks=2, attn_resolutions=(16,)),

@@ -29,7 +29,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from ddim.checkpoint_io import is_intact  # noqa: E402
+from ddim.checkpoints.lightning_io import is_intact  # noqa: E402
 from ddim.io import TEMP_SUFFIX  # noqa: E402
 
 # A short quickstart: 60 steps, a checkpoint every 10, validation and sample grids in between.

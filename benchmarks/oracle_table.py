@@ -2,7 +2,7 @@
 
 Data x0 ~ N(mu, diag(s^2)) with image-like means in [-1, 1] and small spreads. With the exact noise predictor
 every unclipped sampler step is affine plus Gaussian noise, so the sampler's output law is Gaussian and is
-computed exactly (ddim.samplers.oracle). Table 1 analogue: Frechet distance (the quantity FID measures,
+computed exactly (ddim.diffusion.oracle). Table 1 analogue: Frechet distance (the quantity FID measures,
 here on the data itself) between that law and the data law, rows eta / sigma_hat, columns S. The sigma_hat
 row is unclipped here (clipping would break the closed form). Table 2 analogue: per-dimension MSE of
 decode(encode(x0)) in data units. No sampling noise: every number is exact up to float64 rounding.
@@ -20,8 +20,8 @@ import argparse
 
 import torch
 
-from ddim.samplers.oracle import GaussianOracle
-from ddim.schedule import Schedule, timestep_sequence
+from ddim.diffusion.oracle import GaussianOracle
+from ddim.diffusion.schedule import Schedule, timestep_sequence
 
 ROWS = [("eta 0.0", 0.0, "eta"), ("eta 0.2", 0.2, "eta"), ("eta 0.5", 0.5, "eta"), ("eta 1.0", 1.0, "eta")]
 ROWS.append(("sigma_hat", 1.0, "sigma_hat"))

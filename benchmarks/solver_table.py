@@ -1,7 +1,7 @@
 """Quality per network call, exactly: KL(sample law || data) of every sampler on Gaussian data.
 
 Data x0 ~ N(0, diag(v)) with v = logspace(-4, 0, 32) (variances 1e-4 .. 1), T = 1000, DDPM's linear schedule,
-the exact eps (ddim.samplers.oracle). Every sampler step is then affine in x and in its noise draws, per
+the exact eps (ddim.diffusion.oracle). Every sampler step is then affine in x and in its noise draws, per
 dimension, so the output law is Gaussian and is computed exactly by running the sampler itself on a few
 rows: x_T = 0 gives the offset, x_T = 1 the slope, and for stochastic samplers each noise draw is replaced
 by a unit impulse on its own row (the variance is the sum of the squared responses). No sampling error.
@@ -25,10 +25,10 @@ from unittest import mock
 
 import torch
 
+from ddim.diffusion.oracle import GaussianOracle
+from ddim.diffusion.schedule import Schedule
 from ddim.samplers import SamplerConfig
 from ddim.samplers.config import OPTION_USERS
-from ddim.samplers.oracle import GaussianOracle
-from ddim.schedule import Schedule
 
 ROWS = [
     ("DDIM", dict(name="ddim")),
@@ -48,7 +48,7 @@ ROWS = [
     ("PNDM (plms)", dict(name="pndm", warm_start="plms")),
 ]
 # Modules whose noise draws are replaced by impulses (each imports _randn from generalized).
-NOISE_SITES = ("ddim.samplers.generalized", "ddim.samplers.dpm_solver", "ddim.samplers.karras")
+NOISE_SITES = ("ddim.samplers.ddim", "ddim.samplers.dpm_solver", "ddim.samplers.karras")
 
 
 def output_law(

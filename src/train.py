@@ -10,7 +10,7 @@ import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
 from ddim.hydra_utils import run_reporting_user_errors  # noqa: E402
-from ddim.training import train  # noqa: E402
+from ddim.training.train import train  # noqa: E402
 
 log = logging.getLogger("train")
 

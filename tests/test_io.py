@@ -13,19 +13,23 @@ import torch
 from PIL import Image
 
 from ddim import io
-from ddim.images import make_grid, save_grid, upscale_factor
+from ddim.images import (
+    from_pil,
+    make_grid,
+    read_image,
+    save_grid,
+    save_image,
+    to_pil,
+    to_uint8,
+    upscale_factor,
+)
 from ddim.io import (
     TEMP_SUFFIX,
     atomic_directory,
     atomic_write,
-    from_pil,
-    read_image,
     remove_stale_temporaries,
-    save_image,
     save_tensors,
     temporary_name,
-    to_pil,
-    to_uint8,
     write_bytes,
     write_json,
     write_text,

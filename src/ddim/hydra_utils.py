@@ -51,7 +51,7 @@ class CheckBeforeRun(Callback):
     before_multirun, the sweep folder), so a bad command line leaves nothing behind. A user error is one
     plain line and exit 2: logging is not configured yet at this point.
 
-    check: dotted path of the check, e.g. ddim.train_checks.check_before_run; folder_key names the folder
+    check: dotted path of the check, e.g. ddim.training.checks.check_before_run; folder_key names the folder
     about to be created ("hydra.run.dir" or "hydra.sweep.dir").
     """
 

@@ -1,14 +1,66 @@
-"""Image grids: many model-space images ([-1, 1] floats, or uint8) laid out as one PNG a person can look at."""
+"""Images: the one conversion between model-space tensors ([-1, 1] floats), uint8 tensors and PIL images,
+image files written atomically, and grids: many images laid out as one PNG a person can look at."""
 
 from __future__ import annotations
 
 import math
 import os
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
+from PIL import Image
 
-from ddim.io import save_image, to_uint8
+from ddim.io import atomic_write
+
+
+def to_uint8(x: torch.Tensor) -> torch.Tensor:
+    """round((clamp(x, -1, 1) + 1) * 127.5) as uint8, the same map for generated and real images.
+
+    The quantisation lives here once so that sample grids, written sample files and metrics see the same pixels.
+    """
+    if x.dtype == torch.uint8:
+        return x
+    x = x.detach()
+    if x.dtype != torch.float64:
+        x = x.to(torch.float32)
+    return ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+
+
+def to_pil(image: torch.Tensor) -> Image.Image:
+    """uint8 (C, H, W) with C = 1 (grey, mode L) or 3 (RGB) -> PIL image."""
+    if image.dtype != torch.uint8 or image.ndim != 3 or image.shape[0] not in (1, 3):
+        raise ValueError(f"Expected a uint8 image (1|3, H, W), got {image.dtype} {tuple(image.shape)}.")
+    array = image.detach().cpu().permute(1, 2, 0).numpy()
+    if array.shape[-1] == 1:
+        return Image.fromarray(np.ascontiguousarray(array[..., 0]), mode="L")
+    return Image.fromarray(np.ascontiguousarray(array), mode="RGB")
+
+
+def from_pil(image: Image.Image) -> torch.Tensor:
+    """PIL image -> uint8 tensor (C, H, W), without a float round trip; grey gives C = 1."""
+    array = np.asarray(image, dtype=np.uint8)
+    if array.ndim == 2:
+        array = array[:, :, None]
+    return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous()
+
+
+def read_image(path: str | os.PathLike) -> torch.Tensor:
+    """An image file as a uint8 (C, H, W) tensor, channels as stored (grey stays 1 channel)."""
+    with Image.open(path) as image:
+        return from_pil(image)
+
+
+def save_image(image: torch.Tensor | Image.Image, path: str | os.PathLike, **pil_options: Any) -> Path:
+    """A uint8 (C, H, W) tensor or a PIL image as an image file (format from the suffix, e.g. .png)."""
+    if isinstance(image, torch.Tensor):
+        image = to_pil(image)
+    path = Path(path)
+    with atomic_write(path) as f:
+        image.save(f, format=Image.registered_extensions().get(path.suffix.lower(), "PNG"), **pil_options)
+    return path
+
 
 MIN_GRID_WIDTH = 512  # pixels; smaller grids (8x8 digits) are upscaled so they can be seen without zooming
 

@@ -23,9 +23,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
-import numpy as np
 import torch
-from PIL import Image
 
 TEMP_SUFFIX = ".ddim-tmp"
 
@@ -110,16 +108,6 @@ def save_tensors(obj: Any, path: str | os.PathLike) -> Path:
     return Path(path)
 
 
-def save_image(image: torch.Tensor | Image.Image, path: str | os.PathLike, **pil_options: Any) -> Path:
-    """A uint8 (C, H, W) tensor or a PIL image as an image file (format from the suffix, e.g. .png)."""
-    if isinstance(image, torch.Tensor):
-        image = to_pil(image)
-    path = Path(path)
-    with atomic_write(path) as f:
-        image.save(f, format=Image.registered_extensions().get(path.suffix.lower(), "PNG"), **pil_options)
-    return path
-
-
 @contextlib.contextmanager
 def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
     """A temporary folder beside path to fill; on a clean exit its files are fsynced and it replaces path
@@ -187,40 +175,3 @@ def file_in_the_way(path: str | os.PathLike) -> Path | None:
         if parent.exists():
             return None if parent.is_dir() else parent
     return None
-
-
-def to_uint8(x: torch.Tensor) -> torch.Tensor:
-    """round((clamp(x, -1, 1) + 1) * 127.5) as uint8, the same map for generated and real images.
-
-    The quantisation lives here once so that sample grids, written sample files and metrics see the same pixels.
-    """
-    if x.dtype == torch.uint8:
-        return x
-    x = x.detach()
-    if x.dtype != torch.float64:
-        x = x.to(torch.float32)
-    return ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-
-
-def to_pil(image: torch.Tensor) -> Image.Image:
-    """uint8 (C, H, W) with C = 1 (grey, mode L) or 3 (RGB) -> PIL image."""
-    if image.dtype != torch.uint8 or image.ndim != 3 or image.shape[0] not in (1, 3):
-        raise ValueError(f"Expected a uint8 image (1|3, H, W), got {image.dtype} {tuple(image.shape)}.")
-    array = image.detach().cpu().permute(1, 2, 0).numpy()
-    if array.shape[-1] == 1:
-        return Image.fromarray(np.ascontiguousarray(array[..., 0]), mode="L")
-    return Image.fromarray(np.ascontiguousarray(array), mode="RGB")
-
-
-def from_pil(image: Image.Image) -> torch.Tensor:
-    """PIL image -> uint8 tensor (C, H, W), without a float round trip; grey gives C = 1."""
-    array = np.asarray(image, dtype=np.uint8)
-    if array.ndim == 2:
-        array = array[:, :, None]
-    return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous()
-
-
-def read_image(path: str | os.PathLike) -> torch.Tensor:
-    """An image file as a uint8 (C, H, W) tensor, channels as stored (grey stays 1 channel)."""
-    with Image.open(path) as image:
-        return from_pil(image)

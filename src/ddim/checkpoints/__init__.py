@@ -1,4 +1,4 @@
-"""Checkpoints, above both `ddim.nets` (the network and its key layouts) and `ddim.lit_module` (training):
+"""Checkpoints, above both `ddim.nets` (the network and its key layouts) and `ddim.training.module` (training):
 file formats, layout detection, EMA selection, safe loading and rebuilding the U-Net."""
 
 from ddim.checkpoints.files import (

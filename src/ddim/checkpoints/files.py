@@ -35,7 +35,7 @@ from ddim.nets.unet import UNet
 
 Layout = Literal["original", "diffusers", "lightning"]
 
-# The attribute names of ddim.lit_module.DiffusionModule's two networks, as they prefix its state dict.
+# The attribute names of ddim.training.module.DiffusionModule's two networks, as they prefix its state dict.
 NET_PREFIX, EMA_PREFIX = "net.", "ema_net."
 # Keys that EMA wrappers store next to the weights (torch.optim.swa_utils.AveragedModel) and the UNet has none of.
 _NON_WEIGHT_KEYS = ("n_averaged",)

@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from ddim.data.resumable import ResumableLoader
 from ddim.errors import DDIMError
-from ddim.io import from_pil
+from ddim.images import from_pil
 
 
 class DatasetNotFoundError(DDIMError, FileNotFoundError):

@@ -23,12 +23,12 @@ import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from ddim.diffusion.parameterization import ModelFn, ModelSpec
+from ddim.diffusion.schedule import Schedule
 from ddim.errors import DDIMError, user_error_in
 from ddim.evaluation.launch import build_trainer, check_folder_path, single_device
-from ddim.evaluation.scoring import Scorer, prepare_scorer
-from ddim.parameterization import ModelFn, ModelSpec
+from ddim.metrics.scoring import Scorer, prepare_scorer
 from ddim.samplers import SamplerConfig
-from ddim.schedule import Schedule
 
 log = logging.getLogger(__name__)
 

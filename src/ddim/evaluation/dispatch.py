@@ -12,7 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ddim.errors import DDIMError
 from ddim.evaluation.context import load_context
-from ddim.evaluation.reporting import TaskResult, report
+from ddim.evaluation.reports.results import TaskResult, report
 from ddim.evaluation.tasks import get_task
 from ddim.hydra_utils import instantiate_group
 from ddim.io import write_json

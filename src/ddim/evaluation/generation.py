@@ -18,7 +18,10 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from ddim.evaluation.shards import (
+from ddim.diffusion.parameterization import ModelFn
+from ddim.diffusion.schedule import Schedule
+from ddim.images import to_uint8
+from ddim.metrics.shards import (
     ShardPlan,
     check_manifest,
     remove_stale_temporaries,
@@ -27,10 +30,7 @@ from ddim.evaluation.shards import (
     shard_problems,
     write_shard,
 )
-from ddim.io import to_uint8
-from ddim.parameterization import ModelFn
 from ddim.samplers import SamplerConfig, initial_noise, per_sample_generators
-from ddim.schedule import Schedule
 
 log = logging.getLogger(__name__)
 

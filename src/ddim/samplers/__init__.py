@@ -2,9 +2,7 @@
 (DDIM) family and the fast solvers (DPM-Solver(++), UniPC, Heun/Euler, PNDM); SamplerConfig picks one by name."""
 
 from ddim.samplers.config import SAMPLERS, SamplerConfig
-from ddim.samplers.dpm_solver import dpm_solver_multistep, dpm_solver_singlestep
-from ddim.samplers.figures import consistency, denoise_from, interpolate, progressive, shared_latents, slerp
-from ddim.samplers.generalized import (
+from ddim.samplers.ddim import (
     VARIANCES,
     SamplerError,
     Trajectory,
@@ -16,6 +14,8 @@ from ddim.samplers.generalized import (
     reconstruct,
     sample,
 )
+from ddim.samplers.dpm_solver import dpm_solver_multistep, dpm_solver_singlestep
+from ddim.samplers.figures import consistency, denoise_from, interpolate, progressive, shared_latents, slerp
 from ddim.samplers.karras import euler, euler_ancestral, heun
 from ddim.samplers.pndm import pndm
 from ddim.samplers.unipc import unipc

@@ -7,8 +7,8 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from ddim.samplers.dpm_solver import check_dpm_options, dpm_solver_multistep, dpm_solver_singlestep
-from ddim.samplers.generalized import (
+from ddim.diffusion.schedule import SKIP_TYPES, TABLE_SKIP_TYPES, Schedule, timestep_sequence
+from ddim.samplers.ddim import (
     EpsFn,
     Generators,
     SamplerError,
@@ -17,11 +17,11 @@ from ddim.samplers.generalized import (
     check_variance,
     sample,
 )
+from ddim.samplers.dpm_solver import check_dpm_options, dpm_solver_multistep, dpm_solver_singlestep
 from ddim.samplers.karras import euler, euler_ancestral, heun
 from ddim.samplers.levels import check_final_step, num_steps
 from ddim.samplers.pndm import check_warm_start, pndm, pndm_nfe
 from ddim.samplers.unipc import check_unipc_options, unipc
-from ddim.schedule import SKIP_TYPES, TABLE_SKIP_TYPES, Schedule, timestep_sequence
 
 # name -> (takes sampler.order, uses sampler.lower_order_final, draws noise)
 SAMPLERS = {
@@ -57,7 +57,7 @@ class SamplerConfig:
     """name: which sampler (see SAMPLERS; ddim is the generalized family of eq. 12).
     ddim: eta: 0 = DDIM, 1 = DDPM on the sub-sequence; variance: eta | sigma_hat; clip_x0: clip x0_hat to
     [-1, 1]. euler_ancestral: eta scales its noise (1 = DDPM's posterior variance).
-    steps: S; skip_type: one of ddim.schedule.SKIP_TYPES; timesteps: an explicit increasing list that
+    steps: S; skip_type: one of ddim.diffusion.schedule.SKIP_TYPES; timesteps: an explicit increasing list that
     replaces steps/skip_type.
     Fast solvers: order (1-3; dpm_solver_pp, sde_dpm_solver_pp <= 2, dpm_solver, unipc); solver_type:
     midpoint | heun (DPM-Solver's second-order weight); variant: bh1 | bh2 (UniPC); corrector (UniPC);

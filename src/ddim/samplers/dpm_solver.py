@@ -24,9 +24,9 @@ from collections.abc import Sequence
 
 import torch
 
-from ddim.samplers.generalized import EpsFn, Generators, SamplerError, _as_generator_list, _randn
+from ddim.diffusion.schedule import Schedule
+from ddim.samplers.ddim import EpsFn, Generators, SamplerError, _as_generator_list, _randn
 from ddim.samplers.levels import Level, multistep_order, solver_path, t_batch, x0_estimate
-from ddim.schedule import Schedule
 
 SOLVER_TYPES = ("midpoint", "heun")
 

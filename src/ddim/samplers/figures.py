@@ -12,9 +12,9 @@ from collections.abc import Sequence
 
 import torch
 
-from ddim.diffusion import predict_x0, q_sample
-from ddim.samplers.generalized import EpsFn, Generators, SamplerError, _sequence, _steps, _t_batch, sample
-from ddim.schedule import Schedule, timestep_sequence
+from ddim.diffusion.forward import predict_x0, q_sample
+from ddim.diffusion.schedule import Schedule, timestep_sequence
+from ddim.samplers.ddim import EpsFn, Generators, SamplerError, _sequence, _steps, _t_batch, sample
 
 
 def slerp(z0: torch.Tensor, z1: torch.Tensor, alpha: float) -> torch.Tensor:

@@ -17,9 +17,9 @@ from collections.abc import Sequence
 
 import torch
 
-from ddim.samplers.generalized import EpsFn, Generators, _as_generator_list, _randn
+from ddim.diffusion.schedule import Schedule
+from ddim.samplers.ddim import EpsFn, Generators, _as_generator_list, _randn
 from ddim.samplers.levels import solver_path, t_batch
-from ddim.schedule import Schedule
 
 
 def euler(

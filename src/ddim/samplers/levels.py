@@ -5,7 +5,7 @@ sigma = sqrt(1 - a_t), lambda = log(alpha / sigma) are read from the float64 tab
 diffusers' schedulers do with integer timesteps). The DPM-Solver reference code instead interpolates
 log alpha piecewise-linearly in a continuous time and feeds fractional times to the network; on the integer
 grid the two coincide, and schedules defined on noise levels (log-SNR, Karras) are rounded onto the grid in
-`ddim.schedule.timestep_sequence`, so the network input and the solver's coefficients always agree.
+`ddim.diffusion.schedule.timestep_sequence`, so the network input and the solver's coefficients always agree.
 
 A path is the distinct timesteps, largest first, followed by where the chain ends:
   final_step="denoise": the clean end a = 1 (sigma = 0, lambda = +inf). The last network call, at tau_0,
@@ -25,8 +25,8 @@ from typing import NamedTuple
 
 import torch
 
-from ddim.samplers.generalized import SamplerError, _sequence
-from ddim.schedule import Schedule
+from ddim.diffusion.schedule import Schedule
+from ddim.samplers.ddim import SamplerError, _sequence
 
 FINAL_STEPS = ("denoise", "none")
 

@@ -19,9 +19,9 @@ from collections.abc import Sequence
 
 import torch
 
-from ddim.samplers.generalized import EpsFn, SamplerError, generalized_step
+from ddim.diffusion.schedule import Schedule
+from ddim.samplers.ddim import EpsFn, SamplerError, generalized_step
 from ddim.samplers.levels import solver_path, t_batch
-from ddim.schedule import Schedule
 
 WARM_STARTS = ("prk", "plms")
 _ADAMS_BASHFORTH = {

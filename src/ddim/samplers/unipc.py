@@ -17,9 +17,9 @@ from collections.abc import Sequence
 
 import torch
 
-from ddim.samplers.generalized import EpsFn, SamplerError
+from ddim.diffusion.schedule import Schedule
+from ddim.samplers.ddim import EpsFn, SamplerError
 from ddim.samplers.levels import Level, multistep_order, solver_path, t_batch, x0_estimate
-from ddim.schedule import Schedule
 
 VARIANTS = ("bh1", "bh2")
 

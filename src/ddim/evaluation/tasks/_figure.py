@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from ddim.evaluation.context import EvalContext
-from ddim.evaluation.reporting import TaskResult
+from ddim.evaluation.reports.results import TaskResult
 from ddim.images import save_grid
 from ddim.samplers import initial_noise, per_sample_generators
 

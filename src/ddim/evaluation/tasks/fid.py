@@ -13,10 +13,10 @@ import pytorch_lightning as pl
 
 from ddim.evaluation.context import EvalContext
 from ddim.evaluation.generation import generate_samples
-from ddim.evaluation.reporting import TaskResult
-from ddim.evaluation.scoring import Scorer
-from ddim.evaluation.shards import ShardImages, ShardPlan, read_images
+from ddim.evaluation.reports.results import TaskResult
 from ddim.images import save_grid
+from ddim.metrics.scoring import Scorer
+from ddim.metrics.shards import ShardImages, ShardPlan, read_images
 from ddim.samplers import SamplerConfig
 
 log = logging.getLogger(__name__)

@@ -8,7 +8,7 @@ import time
 import torch
 
 from ddim.evaluation.context import EvalContext
-from ddim.evaluation.reporting import TaskResult
+from ddim.evaluation.reports.results import TaskResult
 from ddim.evaluation.tasks._figure import figure_result, latents, network
 from ddim.samplers import interpolate
 

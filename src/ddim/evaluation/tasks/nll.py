@@ -25,13 +25,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
 
-from ddim.errors import DDIMError
-from ddim.evaluation.context import EvalContext
-from ddim.evaluation.generation import Chunks
-from ddim.evaluation.reporting import TaskResult, write_figure
-from ddim.evaluation.shards import ShardPlan
-from ddim.io import save_tensors, write_text
-from ddim.likelihood import (
+from ddim.diffusion.likelihood import (
     BoundTerms,
     bound_terms,
     exact_bound,
@@ -41,9 +35,15 @@ from ddim.likelihood import (
     monte_carlo_bound,
     monte_carlo_timesteps,
 )
-from ddim.parameterization import ModelFn
+from ddim.diffusion.parameterization import ModelFn
+from ddim.diffusion.schedule import Schedule
+from ddim.errors import DDIMError
+from ddim.evaluation.context import EvalContext
+from ddim.evaluation.generation import Chunks
+from ddim.evaluation.reports.results import TaskResult, write_figure
+from ddim.io import save_tensors, write_text
+from ddim.metrics.shards import ShardPlan
 from ddim.samplers import per_sample_generators
-from ddim.schedule import Schedule
 
 MODES = ("exact", "mc")
 SPLITS = ("test", "train")

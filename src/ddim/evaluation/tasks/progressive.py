@@ -19,7 +19,7 @@ import torch
 
 from ddim.errors import DDIMError
 from ddim.evaluation.context import EvalContext
-from ddim.evaluation.reporting import TaskResult
+from ddim.evaluation.reports.results import TaskResult
 from ddim.evaluation.tasks._figure import latents, network
 from ddim.evaluation.tasks.nll import image_batch, split_dataset
 from ddim.images import save_grid

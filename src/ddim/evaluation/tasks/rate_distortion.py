@@ -12,10 +12,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ddim.diffusion.likelihood import exact_bound
 from ddim.evaluation.context import EvalContext
-from ddim.evaluation.reporting import TaskResult, write_figure
+from ddim.evaluation.reports.results import TaskResult, write_figure
 from ddim.evaluation.tasks.nll import measure, per_timestep_rows, write_csv
-from ddim.likelihood import exact_bound
 
 
 def _plots(path: Path, rows: list[dict[str, Any]]) -> Path:

@@ -15,14 +15,14 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from ddim.diffusion.schedule import Schedule
 from ddim.errors import DDIMError
 from ddim.evaluation.context import EvalContext
 from ddim.evaluation.generation import Chunks
-from ddim.evaluation.reporting import TaskResult
-from ddim.evaluation.tables import write_table2
+from ddim.evaluation.reports.results import TaskResult
+from ddim.evaluation.reports.tables import write_table2
 from ddim.images import save_grid
 from ddim.samplers import reconstruct
-from ddim.schedule import Schedule
 
 
 class _Reconstruction(pl.LightningModule):

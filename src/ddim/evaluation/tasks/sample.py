@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ddim.evaluation.context import EvalContext
-from ddim.evaluation.reporting import TaskResult
+from ddim.evaluation.reports.results import TaskResult
 from ddim.evaluation.tasks.fid import one_point
 
 

@@ -10,8 +10,8 @@ from typing import Any
 
 from ddim.errors import DDIMError
 from ddim.evaluation.context import EvalContext, checked_sampler
-from ddim.evaluation.reporting import TaskResult
-from ddim.evaluation.tables import paper_key, write_table1
+from ddim.evaluation.reports.results import TaskResult
+from ddim.evaluation.reports.tables import paper_key, write_table1
 from ddim.evaluation.tasks.fid import generate_point
 from ddim.io import write_json
 from ddim.samplers import SamplerConfig

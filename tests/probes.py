@@ -1,0 +1,79 @@
+"""Classes that test runs load by Hydra `_target_` (tests/ on sys.path or PYTHONPATH): training probes and a
+tiny FID feature extractor. A module of its own, because every conftest.py is imported as `conftest`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+from torch_fidelity.feature_extractor_base import FeatureExtractorBase
+
+
+class RecordNetInputs(pl.Callback):
+    """Writes <dirpath>/rank<r>.pt: each training step's clean batch x0 and the (x_t, t) the network was fed."""
+
+    def __init__(self, dirpath: str) -> None:
+        self.dirpath = Path(dirpath)
+        self.records: dict[str, list[torch.Tensor]] = {"x0": [], "x_t": [], "t": []}
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        def record(module, args):
+            if module.training:
+                self.records["x_t"].append(args[0].detach().clone())
+                self.records["t"].append(args[1].detach().clone())
+
+        pl_module.net.register_forward_pre_hook(record)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self.records["x0"].append(batch.detach().clone())
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.dirpath.mkdir(parents=True, exist_ok=True)
+        records = {k: torch.stack(v) for k, v in self.records.items()}
+        records["alphas_cumprod"] = pl_module.schedule.alphas_cumprod
+        torch.save(records, self.dirpath / f"rank{trainer.global_rank}.pt")
+
+
+class Killed(Exception):
+    """Stands in for a kill: raised by KillAtStep, it ends the run without any further hook saving anything."""
+
+
+class KillAtStep(pl.Callback):
+    """Ends the run abruptly when the given optimizer step is about to start (after earlier checkpoints)."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_step == self.step:
+            raise Killed(f"killed before step {self.step}")
+
+
+class TinyExtractor(FeatureExtractorBase):
+    """A fixed random projection of 4x4-pooled pixels: cheap, deterministic, uint8 in -> (N, dim) out."""
+
+    def __init__(self, name: str = "tiny", features_list: tuple = ("feat",), dim: int = 6, **kwargs) -> None:
+        super().__init__(name, list(features_list))
+        gen = torch.Generator().manual_seed(1234)
+        self.proj = torch.nn.Parameter(torch.randn(3 * 16, dim, generator=gen), requires_grad=False)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor]:
+        pooled = torch.nn.functional.adaptive_avg_pool2d(x.float() / 255.0, 4).flatten(1)
+        return (pooled @ self.proj,)
+
+    @staticmethod
+    def get_provided_features_list():
+        return ("feat",)
+
+    @staticmethod
+    def get_default_feature_layer_for_metric(metric):
+        return "feat"
+
+    @staticmethod
+    def can_be_compiled():
+        return False
+
+    @staticmethod
+    def get_dummy_input_for_compile():
+        return torch.zeros(1, 3, 4, 4, dtype=torch.uint8)

@@ -1,0 +1,567 @@
+"""Fast solvers against diffusers' schedulers (float64, same eps, schedule and noise), closed forms and contracts.
+
+diffusers keeps float32 copies of its tables and casts samples to float32 inside some step() calls; to
+compare the update rules and not float32 rounding, the tests replace its sigma/alpha tables with ours
+(float64) and pass samples as `Keep64` tensors, which ignore requests for float32.
+
+Conventions (ours / diffusers), and which the tests compare:
+- final_step="denoise" = final_sigmas_type="zero" (and PNDM's set_alpha_to_one=True): the last call maps x
+  to its x0 estimate. final_step="none" with the sequence [0, ...] = final_sigmas_type="sigma_min" (and
+  PNDM's set_alpha_to_one=False): the chain stops at t = 0. diffusers only allows "sigma_min" for
+  eps-prediction DPM-Solver; ours also defines "denoise" there (the x0 estimate is the step's limit).
+- lower_order_final: diffusers applies it only below 15 steps (multistep, UniPC); ours applies it when
+  set, so runs with >= 15 steps compare against lower_order_final=False.
+- Karras/log-SNR sequences: both round the levels onto integer timesteps, but diffusers' DPM solvers keep
+  the unrounded sigma in their coefficients while the network sees the rounded timestep; ours uses the
+  table at the rounded timestep for both. The sequences are compared, the updates on shared timesteps.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from ddim.diffusion.oracle import GaussianOracle
+from ddim.diffusion.schedule import Schedule, ScheduleError, timestep_sequence
+from ddim.samplers import SamplerConfig, SamplerError, per_sample_generators, sample
+from ddim.samplers.config import OPTION_USERS
+from ddim.samplers.dpm_solver import dpm_solver_multistep, dpm_solver_singlestep
+from ddim.samplers.karras import euler, euler_ancestral, heun
+from ddim.samplers.pndm import pndm
+from ddim.samplers.unipc import unipc
+
+diffusers = pytest.importorskip("diffusers")
+
+T = 1000
+SCHED = Schedule.from_config("linear", T, 1e-4, 0.02)
+SHAPE = (2, 3, 4, 4)
+TOL = 1e-6
+
+
+class Keep64(torch.Tensor):
+    """A tensor that stays float64 when diffusers asks for float32 (results of ops stay Keep64)."""
+
+    def to(self, *args, **kwargs):
+        args = tuple(torch.float64 if a is torch.float32 else a for a in args)
+        if kwargs.get("dtype") is torch.float32:
+            kwargs["dtype"] = torch.float64
+        return super().to(*args, **kwargs)
+
+
+class CountingEps:
+    """A nonlinear eps: the exact eps of N(0, 0.25) data plus a bounded channel-mixing term, so solvers of
+    different orders give different answers. Counts its calls."""
+
+    def __init__(self) -> None:
+        self.mix = torch.randn(3, 3, generator=torch.Generator().manual_seed(123), dtype=torch.float64) * 0.5
+        self.calls = 0
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        assert t.dtype == torch.int64 and t.shape == (x.shape[0],)
+        self.calls += 1
+        x = x.as_subclass(torch.Tensor)
+        a = SCHED.alphas_cumprod[t].to(x.dtype).view(-1, 1, 1, 1)
+        mixed = (self.mix[None, :, :, None, None] * x[:, None]).sum(2) + 0.3 * x.roll(1, dims=-1)
+        return (1 - a).sqrt() * x / (0.25 * a + 1 - a) + 0.1 * torch.tanh(mixed) * (1 + a)
+
+
+def x_T(shape=SHAPE) -> torch.Tensor:
+    return torch.randn(shape, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+
+
+def sigmas64(timesteps, last: str) -> torch.Tensor:
+    """Our table's sigma = sqrt((1 - a) / a) at diffusers' (descending) timesteps, plus the final sigma."""
+    a = SCHED.alphas_cumprod
+    s = [math.sqrt((1 - float(a[int(t)])) / float(a[int(t)])) for t in timesteps]
+    end = {"zero": 0.0, "sigma_min": math.sqrt((1 - float(a[0])) / float(a[0]))}[last]
+    return torch.tensor([*s, end], dtype=torch.float64)
+
+
+def run_diffusers(scheduler, eps_fn, x, scale_input=False, noises=None, generator=None):
+    x = x.as_subclass(Keep64)
+    for k, t in enumerate(scheduler.timesteps.tolist()):
+        inp = scheduler.scale_model_input(x, t) if scale_input else x
+        eps = eps_fn(inp, torch.full((x.shape[0],), int(t), dtype=torch.int64))
+        kwargs = {}
+        if noises is not None:
+            kwargs["variance_noise"] = (noises[k] if k < len(noises) else torch.zeros_like(x)).as_subclass(
+                Keep64
+            )
+        if generator is not None:
+            kwargs["generator"] = generator
+        x = scheduler.step(eps, t, x, **kwargs).prev_sample
+    return x.as_subclass(torch.Tensor)
+
+
+def dpm_scheduler(cls, steps, last="zero", spacing="trailing", **config):
+    kwargs = dict(timestep_spacing=spacing) if cls is not diffusers.DPMSolverSinglestepScheduler else {}
+    sched = cls(num_train_timesteps=T, beta_schedule="linear", final_sigmas_type=last, **kwargs, **config)
+    sched.set_timesteps(steps)
+    sched.sigmas = sigmas64(sched.timesteps.tolist(), last)
+    return sched
+
+
+def ours_for(sched, last):
+    """Our increasing sequence for a diffusers chain: its timesteps, plus 0 as the endpoint for sigma_min."""
+    seq = sorted(sched.timesteps.tolist())
+    return ([0] if last == "sigma_min" else []) + seq, ("denoise" if last == "zero" else "none")
+
+
+def max_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    assert torch.isfinite(a).all() and torch.isfinite(b).all()
+    return float((a - b).abs().max())
+
+
+# --- parity with diffusers ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "order,solver_type,steps,last,lof",
+    [
+        (2, "midpoint", 10, "zero", True),
+        (3, "midpoint", 10, "zero", True),
+        (2, "heun", 20, "zero", False),
+        (3, "midpoint", 20, "zero", False),
+        (3, "midpoint", 8, "sigma_min", True),
+    ],
+)
+def test_dpm_solver_pp_multistep_matches_diffusers(order, solver_type, steps, last, lof):
+    net = CountingEps()
+    sched = dpm_scheduler(
+        diffusers.DPMSolverMultistepScheduler, steps, last, solver_order=order, solver_type=solver_type
+    )
+    seq, final = ours_for(sched, last)
+    assert seq[-1] == 999 and (seq == timestep_sequence(steps, "trailing").tolist() or last == "sigma_min")
+    ours = dpm_solver_multistep(
+        net, x_T(), seq, SCHED, order, solver_type=solver_type, lower_order_final=lof, final_step=final
+    )
+    assert net.calls == steps
+    assert max_err(ours, run_diffusers(sched, net, x_T())) < TOL
+
+
+def test_multistep_noise_prediction_matches_diffusers_dpmsolver():
+    net = CountingEps()
+    sched = dpm_scheduler(diffusers.DPMSolverMultistepScheduler, 10, "sigma_min", algorithm_type="dpmsolver")
+    seq, final = ours_for(sched, "sigma_min")
+    ours = dpm_solver_multistep(net, x_T(), seq, SCHED, 2, predict_x0=False, final_step=final)
+    assert max_err(ours, run_diffusers(sched, net, x_T())) < TOL
+
+
+def test_sde_dpm_solver_pp_matches_diffusers_with_the_same_noise():
+    net = CountingEps()
+    steps = 10
+    sched = dpm_scheduler(diffusers.DPMSolverMultistepScheduler, steps, algorithm_type="sde-dpmsolver++")
+    seq, final = ours_for(sched, "zero")
+    ours = dpm_solver_multistep(
+        net, x_T(), seq, SCHED, 2, sde=True, generator=torch.Generator().manual_seed(3)
+    )
+    gen = torch.Generator().manual_seed(3)  # our draws: one per step but the last (which has no noise)
+    noises = [torch.randn(SHAPE, generator=gen, dtype=torch.float64) for _ in range(steps - 1)]
+    assert max_err(ours, run_diffusers(sched, net, x_T(), noises=noises)) < TOL
+
+
+@pytest.mark.parametrize(
+    "order,solver_type,steps,lof,algorithm",
+    [
+        (2, "midpoint", 10, False, "dpmsolver"),
+        (3, "midpoint", 10, True, "dpmsolver"),
+        (3, "midpoint", 9, True, "dpmsolver"),
+        (3, "heun", 12, True, "dpmsolver"),
+        (2, "midpoint", 10, True, "dpmsolver++"),
+    ],
+)
+def test_dpm_solver_singlestep_matches_diffusers(order, solver_type, steps, lof, algorithm):
+    # diffusers allows only sigma_min for eps prediction; DPM-Solver++(2S) is compared with the zero end.
+    last = "sigma_min" if algorithm == "dpmsolver" else "zero"
+    net = CountingEps()
+    sched = dpm_scheduler(
+        diffusers.DPMSolverSinglestepScheduler,
+        steps,
+        last,
+        solver_order=order,
+        solver_type=solver_type,
+        algorithm_type=algorithm,
+        lower_order_final=lof,
+    )
+    seq, final = ours_for(sched, last)
+    ours = dpm_solver_singlestep(
+        net, x_T(), seq, SCHED, order, algorithm == "dpmsolver++", solver_type, lof, final
+    )
+    assert max_err(ours, run_diffusers(sched, net, x_T())) < TOL
+
+
+@pytest.mark.parametrize(
+    "order,variant,steps,corrector,last",
+    [
+        (2, "bh2", 10, True, "zero"),
+        (3, "bh2", 10, True, "zero"),
+        (3, "bh2", 20, True, "sigma_min"),
+        (2, "bh1", 10, True, "sigma_min"),
+        (3, "bh1", 10, False, "sigma_min"),  # bh1's B(h) = -h is infinite on the step to sigma = 0: NaN there
+    ],
+)
+def test_unipc_matches_diffusers(order, variant, steps, corrector, last):
+    net = CountingEps()
+    sched = dpm_scheduler(
+        diffusers.UniPCMultistepScheduler,
+        steps,
+        last,
+        solver_order=order,
+        solver_type=variant,
+        disable_corrector=[] if corrector else list(range(steps)),
+    )
+    seq, final = ours_for(sched, last)
+    # diffusers' UniPC applies lower_order_final at any number of steps, as ours.
+    ours = unipc(net, x_T(), seq, SCHED, order, variant, corrector, lower_order_final=True, final_step=final)
+    assert max_err(ours, run_diffusers(sched, net, x_T())) < TOL
+
+
+def test_heun_matches_diffusers_on_a_karras_sequence():
+    net = CountingEps()
+    seq = timestep_sequence(10, "karras", T, alphas_cumprod=SCHED.alphas_cumprod).tolist()
+    sched = diffusers.HeunDiscreteScheduler(num_train_timesteps=T, beta_schedule="linear")
+    sched.set_timesteps(timesteps=seq[::-1])
+    s = sigmas64(seq[::-1], "zero")
+    sched.sigmas = torch.cat([s[:1], s[1:-1].repeat_interleave(2), s[-1:]])
+    y_T = x_T() / math.sqrt(float(SCHED.alphas_cumprod[seq[-1]]))  # diffusers' sample is x / alpha
+    ours = heun(net, x_T(), seq, SCHED)
+    assert net.calls == 2 * len(seq) - 1
+    assert max_err(ours, run_diffusers(sched, net, y_T, scale_input=True)) < TOL
+
+
+@pytest.mark.parametrize("ancestral", [False, True])
+def test_euler_and_euler_ancestral_match_diffusers(ancestral):
+    net = CountingEps()
+    cls = diffusers.EulerAncestralDiscreteScheduler if ancestral else diffusers.EulerDiscreteScheduler
+    spacing = "leading" if ancestral else "trailing"
+    sched = cls(num_train_timesteps=T, beta_schedule="linear", timestep_spacing=spacing)
+    sched.set_timesteps(10)
+    seq = sorted(int(t) for t in sched.timesteps.tolist())
+    assert seq == timestep_sequence(10, spacing).tolist()
+    sched.sigmas = sigmas64(seq[::-1], "zero")
+    y_T = x_T() / math.sqrt(float(SCHED.alphas_cumprod[seq[-1]]))
+    if ancestral:
+        ours = euler_ancestral(net, x_T(), seq, SCHED, generator=torch.Generator().manual_seed(5))
+        theirs = run_diffusers(sched, net, y_T, True, generator=torch.Generator().manual_seed(5))
+    else:
+        ours, theirs = euler(net, x_T(), seq, SCHED), run_diffusers(sched, net, y_T, True)
+    assert max_err(ours, theirs) < TOL
+
+
+def test_euler_is_ddim_and_euler_ancestral_is_ddim_eta_one():
+    net = CountingEps()
+    seq = timestep_sequence(10, "quadratic")
+    assert max_err(euler(net, x_T(), seq, SCHED), sample(net, x_T(), seq, SCHED, eta=0.0)) < 1e-10
+    gens = per_sample_generators(0, range(2))
+    ancestral = euler_ancestral(net, x_T(), seq, SCHED, generator=gens)
+    ddpm = sample(net, x_T(), seq, SCHED, eta=1.0, generator=per_sample_generators(0, range(2)))
+    assert max_err(ancestral, ddpm) < 1e-10
+
+
+@pytest.mark.parametrize("skip_prk,alpha_one", [(False, True), (True, True), (False, False)])
+def test_pndm_matches_diffusers(skip_prk, alpha_one):
+    net = CountingEps()
+    steps = 10
+    sched = diffusers.PNDMScheduler(
+        num_train_timesteps=T, beta_schedule="linear", skip_prk_steps=skip_prk, set_alpha_to_one=alpha_one
+    )
+    sched.set_timesteps(steps)
+    sched.alphas_cumprod = SCHED.alphas_cumprod.clone()
+    sched.final_alpha_cumprod = (
+        torch.tensor(1.0, dtype=torch.float64) if alpha_one else SCHED.alphas_cumprod[0]
+    )
+    seq = timestep_sequence(steps, "leading").tolist()
+    final = "denoise" if alpha_one else "none"  # set_alpha_to_one=False ends with a no-op step at t = 0
+    ours = pndm(net, x_T(), seq, SCHED, "plms" if skip_prk else "prk", final)
+    cfg = SamplerConfig(
+        name="pndm", steps=steps, skip_type="leading", warm_start="plms" if skip_prk else "prk"
+    )
+    assert (
+        net.calls == dataclass_nfe(cfg, final) == (steps + 9 if not skip_prk else steps + 1) - (not alpha_one)
+    )
+    assert max_err(ours, run_diffusers(sched, net, x_T())) < TOL
+
+
+def dataclass_nfe(cfg: SamplerConfig, final: str) -> int:
+    cfg.final_step = final
+    return cfg.nfe(SCHED)
+
+
+@pytest.mark.parametrize("steps", [5, 10, 20])
+def test_noise_level_sequences_match_diffusers(steps):
+    karras = diffusers.DPMSolverMultistepScheduler(num_train_timesteps=T, use_karras_sigmas=True)
+    karras.set_timesteps(steps)
+    lu = diffusers.DPMSolverMultistepScheduler(num_train_timesteps=T, use_lu_lambdas=True)
+    lu.set_timesteps(steps)
+    table = SCHED.alphas_cumprod
+    assert timestep_sequence(steps, "karras", T, alphas_cumprod=table).tolist() == sorted(
+        karras.timesteps.tolist()
+    )
+    assert timestep_sequence(steps, "logsnr", T, alphas_cumprod=table).tolist() == sorted(
+        lu.timesteps.tolist()
+    )
+    ddim = diffusers.DDIMScheduler(num_train_timesteps=T, timestep_spacing="leading", steps_offset=0)
+    ddim.set_timesteps(steps + 3)  # 13, 23: T // S differs from T / S
+    assert timestep_sequence(steps + 3, "leading").tolist() == sorted(ddim.timesteps.tolist())
+
+
+# --- order of accuracy on Gaussian data ----------------------------------------------------------------
+
+MEAN = torch.tensor([0.5, -0.3, 0.7, -0.6], dtype=torch.float64)
+STD = torch.tensor([0.05, 0.1, 0.2, 0.4], dtype=torch.float64)
+END = 99  # the ODE is solved from t = 999 to t = 99 (final_step=none): every step is a full solver step
+
+
+def exact_ode(x: torch.Tensor, t_from: int, t_to: int) -> torch.Tensor:
+    """The probability-flow ODE moves each Gaussian marginal onto the next by the increasing affine map, so
+    the standardised coordinate (x - sqrt(a) mu) / sqrt(a s^2 + 1 - a) is conserved along it."""
+    a0, a1 = float(SCHED.alphas_cumprod[t_from]), float(SCHED.alphas_cumprod[t_to])
+    z = (x - math.sqrt(a0) * MEAN) / (a0 * STD**2 + 1 - a0).sqrt()
+    return math.sqrt(a1) * MEAN + (a1 * STD**2 + 1 - a1).sqrt() * z
+
+
+ORDERS = {  # solver -> (run(eps, x, seq), expected slope of log error vs log steps)
+    "euler": (lambda e, x, s: euler(e, x, s, SCHED, "none"), 1),
+    "heun": (lambda e, x, s: heun(e, x, s, SCHED, "none"), 2),
+    "dpm_solver_pp2": (
+        lambda e, x, s: dpm_solver_multistep(e, x, s, SCHED, 2, lower_order_final=False, final_step="none"),
+        2,
+    ),
+    # The reference code's (and diffusers') 3M weighs D2 by half its Taylor weight: second order.
+    "dpm_solver_pp3": (
+        lambda e, x, s: dpm_solver_multistep(e, x, s, SCHED, 3, lower_order_final=False, final_step="none"),
+        2,
+    ),
+    "dpm_solver_pp3_heun": (
+        lambda e, x, s: dpm_solver_multistep(
+            e, x, s, SCHED, 3, solver_type="heun", lower_order_final=False, final_step="none"
+        ),
+        3,
+    ),
+    "dpm_solver2": (
+        lambda e, x, s: dpm_solver_singlestep(e, x, s, SCHED, 2, lower_order_final=False, final_step="none"),
+        2,
+    ),
+    "dpm_solver3": (
+        lambda e, x, s: dpm_solver_singlestep(e, x, s, SCHED, 3, lower_order_final=False, final_step="none"),
+        3,
+    ),
+    "unip2": (
+        lambda e, x, s: unipc(e, x, s, SCHED, 2, corrector=False, lower_order_final=False, final_step="none"),
+        2,
+    ),
+    # The corrector raises the order by one at no extra call.
+    "unipc1": (lambda e, x, s: unipc(e, x, s, SCHED, 1, lower_order_final=False, final_step="none"), 2),
+    "unipc2": (lambda e, x, s: unipc(e, x, s, SCHED, 2, lower_order_final=False, final_step="none"), 3),
+    "unipc2_bh1": (
+        lambda e, x, s: unipc(e, x, s, SCHED, 2, "bh1", lower_order_final=False, final_step="none"),
+        3,
+    ),
+    "unipc3": (lambda e, x, s: unipc(e, x, s, SCHED, 3, lower_order_final=False, final_step="none"), 4),
+    # PLMS's 4th-order weights act on eps in t, not on the ODE's variable: measured second order.
+    "pndm": (lambda e, x, s: pndm(e, x, s, SCHED, "prk", "none"), 2),
+}
+
+
+@pytest.mark.parametrize("name", list(ORDERS))
+def test_error_against_the_exact_ode_falls_at_the_solvers_order(name):
+    run, expected = ORDERS[name]
+    oracle = GaussianOracle(MEAN, STD, SCHED)
+    # The solvers map x_T affinely (exact eps is affine); rows 0 and 1 give that map's offset and slope.
+    x = torch.stack([torch.zeros(4), torch.ones(4)]).to(torch.float64)
+    steps = [150, 225, 300, 450]  # evenly spaced in t (PNDM assumes it), 900 / steps apart; asymptotic regime
+    errors = [
+        float((run(oracle.eps, x, list(range(END, T, 900 // n))) - exact_ode(x, T - 1, END)).abs().max())
+        for n in steps
+    ]
+    slope = -np.polyfit(np.log(steps), np.log(errors), 1)[0]
+    assert abs(slope - expected) < 0.3, (name, slope, errors)
+
+
+# --- the config: dispatch, NFE, validation, noise contract, Hydra group -------------------------------
+
+NAMES = [
+    "ddim",
+    "dpm_solver_pp",
+    "sde_dpm_solver_pp",
+    "dpm_solver",
+    "unipc",
+    "heun",
+    "euler",
+    "euler_ancestral",
+    "pndm",
+]
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize(
+    "skip_type,final", [("uniform", "denoise"), ("quadratic", "none"), ("karras", "denoise")]
+)
+def test_nfe_counts_the_network_calls_actually_made(name, skip_type, final):
+    if name == "ddim" and final == "none":
+        final = "denoise"
+    eta = 1.0 if name == "euler_ancestral" else 0.0
+    cfg = SamplerConfig(name=name, steps=50, skip_type=skip_type, final_step=final, eta=eta, warm_start="prk")
+    net = CountingEps()
+    out = cfg.run(net, x_T((1, 3, 2, 2)), SCHED, generator=torch.Generator().manual_seed(0))
+    assert torch.isfinite(out).all()
+    assert net.calls == cfg.nfe(SCHED) == cfg.nfe(T)  # the length T suffices to count
+    distinct = len(set(cfg.timestep_sequence(SCHED).tolist()))  # quadratic S=50 repeats 0
+    if name not in ("ddim", "heun", "pndm"):
+        assert net.calls == distinct - (final == "none")
+    assert cfg.tag().startswith("eta0_" if name == "ddim" else name)
+
+
+def test_config_dispatches_to_the_solver_functions():
+    seq = timestep_sequence(10, "logsnr", T, alphas_cumprod=SCHED.alphas_cumprod)
+    net = CountingEps()
+    cfg = SamplerConfig(name="dpm_solver_pp", order=3, steps=10, skip_type="logsnr", lower_order_final=False)
+    assert torch.equal(
+        cfg.run(net, x_T(), SCHED), dpm_solver_multistep(net, x_T(), seq, SCHED, 3, lower_order_final=False)
+    )
+    cfg = SamplerConfig(name="unipc", order=3, variant="bh1", steps=10, skip_type="logsnr", final_step="none")
+    assert torch.equal(cfg.run(net, x_T(), SCHED), unipc(net, x_T(), seq, SCHED, 3, "bh1", final_step="none"))
+    assert cfg.tag() == "unipc3_S10_logsnr_bh1_nodenoise"
+    cfg = SamplerConfig(name="pndm", steps=10, warm_start="plms")
+    assert torch.equal(cfg.run(net, x_T(), SCHED), pndm(net, x_T(), timestep_sequence(10), SCHED, "plms"))
+    assert (
+        SamplerConfig(name="heun", steps=10).nfe(T) == 19
+        and SamplerConfig(name="pndm", steps=10).nfe(T) == 19
+    )
+    # Existing behaviour: ddim is the default and its tag is unchanged.
+    assert SamplerConfig(steps=10).tag() == "eta0_S10_uniform" and SamplerConfig().name == "ddim"
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(name="dpm_solver_ppp"), "Unknown sampler.name 'dpm_solver_ppp'"),
+        (dict(name="dpm_solver_pp", order=4), "sampler.order must be one of"),
+        (dict(name="sde_dpm_solver_pp", order=3), "supports sampler.order 1 or 2"),
+        (dict(name="unipc", variant="bh3"), "Unknown sampler.variant 'bh3'"),
+        (dict(name="dpm_solver", solver_type="rk"), "Unknown sampler.solver_type 'rk'"),
+        (dict(name="pndm", warm_start="rk4"), "Unknown sampler.warm_start 'rk4'"),
+        (dict(name="heun", final_step="zero"), "Unknown sampler.final_step 'zero'"),
+        (dict(name="heun", eta=0.5), "sampler.eta does not apply to sampler=heun"),
+        (dict(name="unipc", clip_x0=True), "sampler.clip_x0 does not apply to sampler=unipc"),
+        (dict(name="ddim", final_step="none"), "sampler=euler is the same ODE step"),
+        (dict(name="euler", steps=1, final_step="none"), "at least two distinct timesteps"),
+        (dict(name="unipc", corrector="yes"), "sampler.corrector must be true or false"),
+    ],
+)
+def test_bad_solver_settings_raise_one_clear_error(kwargs, match):
+    net = CountingEps()
+    with pytest.raises(SamplerError, match=match):
+        SamplerConfig(**kwargs).run(net, x_T(), SCHED)
+    assert net.calls == 0
+
+
+@pytest.mark.parametrize(
+    "name,key,value",
+    [
+        ("heun", "order", 3),
+        ("ddim", "variant", "bh1"),
+        ("euler", "lower_order_final", False),
+        ("pndm", "solver_type", "heun"),
+        ("unipc", "warm_start", "plms"),
+        ("dpm_solver_pp", "corrector", False),
+        ("euler_ancestral", "variance", "sigma_hat"),
+        ("ddim", "order", 3),
+    ],
+)
+def test_an_option_the_sampler_does_not_use_is_refused(name, key, value):
+    users = ", ".join(OPTION_USERS[key])
+    with pytest.raises(
+        SamplerError, match=f"^sampler.{key} does not apply to sampler={name}; it is used by: {users}"
+    ):
+        SamplerConfig(name=name, **{key: value}).validate(SCHED)
+    SamplerConfig(name=OPTION_USERS[key][0], **{key: value}).validate(
+        SCHED
+    )  # the same value where it applies
+    SamplerConfig(name=name, **{key: getattr(SamplerConfig(), key)}).validate(SCHED)  # the default passes
+
+
+def test_steps_that_are_not_a_number_give_one_line():
+    with pytest.raises(SamplerError, match=r"^sampler.steps must be an integer in \[1, 1000\], got 'ten'\.$"):
+        SamplerConfig(steps="ten").validate(T)
+
+
+def test_schedule_errors_keep_their_type():
+    with pytest.raises(ScheduleError, match=r"sampler.steps must be an integer in \[1, 1000\]"):
+        SamplerConfig(name="unipc", steps=1001).run(CountingEps(), x_T(), SCHED)
+
+
+def test_noise_levels_schedules_need_the_table():
+    cfg = SamplerConfig(name="unipc", steps=10, skip_type="karras").validate(T)  # checks what T allows
+    with pytest.raises(SamplerError, match="pass the Schedule"):
+        cfg.timestep_sequence(T)
+    assert (
+        cfg.timestep_sequence(SCHED).tolist()[0] == 0 and cfg.timestep_sequence(SCHED).tolist()[-1] == T - 1
+    )
+
+
+@pytest.mark.parametrize("name", ["sde_dpm_solver_pp", "euler_ancestral"])
+def test_stochastic_solvers_keep_the_per_sample_noise_contract(name):
+    cfg = SamplerConfig(
+        name=name, steps=8, skip_type="trailing", eta=1.0 if name == "euler_ancestral" else 0.0
+    )
+    xs = x_T((4, 3, 2, 2))
+    full = cfg.run(CountingEps(), xs, SCHED, generator=per_sample_generators(3, range(4)))
+    part = cfg.run(CountingEps(), xs[2:], SCHED, generator=per_sample_generators(3, range(2, 4)))
+    assert torch.equal(full[2:], part)  # sample i does not depend on the batch it is in
+    other = cfg.run(CountingEps(), xs, SCHED, generator=per_sample_generators(4, range(4)))
+    assert not torch.allclose(full, other)
+    # One draw per step with noise (all but the last), as ddim.samplers.sample.
+    gens = per_sample_generators(3, range(4))
+    cfg.run(CountingEps(), xs, SCHED, generator=gens)
+    replay = per_sample_generators(3, range(4))
+    for _ in range(7):
+        [torch.randn((1, 3, 2, 2), generator=g, dtype=torch.float64) for g in replay]
+    assert all(torch.equal(g.get_state(), r.get_state()) for g, r in zip(gens, replay, strict=True))
+
+
+@pytest.mark.parametrize("name", ["dpm_solver_pp", "dpm_solver", "unipc", "heun", "euler", "pndm"])
+def test_deterministic_solvers_draw_nothing(name):
+    gen = torch.Generator().manual_seed(0)
+    state = gen.get_state()
+    SamplerConfig(name=name, steps=6).run(CountingEps(), x_T(), SCHED, generator=gen)
+    assert torch.equal(gen.get_state(), state)
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["dpm_solver_pp", "sde_dpm_solver_pp", "dpm_solver", "unipc", "heun", "euler", "euler_ancestral", "pndm"],
+)
+def test_hydra_sampler_group_has_every_solver(name):
+    from pathlib import Path
+
+    from hydra import compose, initialize_config_dir
+
+    conf = Path(__file__).resolve().parents[2] / "conf"
+    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
+        as_shipped = SamplerConfig(**compose(overrides=[f"+sampler={name}"]).sampler)
+        order = ["sampler.order=3"] * (name in OPTION_USERS["order"])
+        cfg = compose(overrides=[f"+sampler={name}", "sampler.steps=12", *order])
+    as_shipped.validate(SCHED)  # every file of conf/sampler/ is valid as it stands
+    sampler = SamplerConfig(**cfg.sampler)
+    if name == "sde_dpm_solver_pp":
+        with pytest.raises(SamplerError, match="order 1 or 2"):
+            sampler.validate(SCHED)
+        sampler.order = 2
+    assert sampler.validate(SCHED).name == name and sampler.steps == 12
+    assert sampler.nfe(SCHED) >= 11
+
+
+@pytest.mark.parametrize("skip_type", ["logsnr", "karras"])
+def test_noise_level_sequences_stay_distinct_on_the_integer_grid(skip_type):
+    for steps in (2, 50, 200, 1000):
+        seq = timestep_sequence(steps, skip_type, T, alphas_cumprod=SCHED.alphas_cumprod).tolist()
+        assert len(seq) == steps and seq == sorted(set(seq)) and seq[0] == 0 and seq[-1] == T - 1
+    assert timestep_sequence(1000, skip_type, T, alphas_cumprod=SCHED.alphas_cumprod).tolist() == list(
+        range(T)
+    )
+    with pytest.raises(ValueError, match="needs the noise schedule"):
+        timestep_sequence(10, skip_type, T)
