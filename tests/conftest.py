@@ -15,6 +15,7 @@ import runpy
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pytest
@@ -142,6 +143,27 @@ def hydra_main(monkeypatch, capsys) -> Callable[[str, list[str]], tuple[int, str
 
 # ----------------------------------------------------------------------------------------------------------
 # A tiny model checkpoint
+
+
+class Trajectory(NamedTuple):
+    """x0: the result; xs: the input then the state after each step; x0_hats: each step's x0 estimate."""
+
+    x0: torch.Tensor
+    xs: list[torch.Tensor]
+    x0_hats: list[torch.Tensor]
+
+
+@pytest.fixture
+def trajectory() -> Callable[..., Trajectory]:
+    """trajectory(fn, model, x, *args, **kwargs): run a sampler function (sample, encode, dpm_solver_multistep,
+    ...) with a callback that records every step (the samplers' per-step callback)."""
+
+    def run(fn: Callable[..., torch.Tensor], model: Callable, x: torch.Tensor, *args, **kwargs) -> Trajectory:
+        steps = []
+        out = fn(model, x, *args, callback=steps.append, **kwargs)
+        return Trajectory(out, [x, *(s.x for s in steps)], [s.x0_hat for s in steps])
+
+    return run
 
 
 @pytest.fixture(scope="session")

@@ -41,11 +41,11 @@ def test_a_perfect_denoiser_recovers_the_image_at_every_t():
         denoise_from(true_eps, x0, [T], SCHED, noise)
 
 
-def test_continuations_share_the_chain_state_and_end_in_the_chain_sample():
+def test_continuations_share_the_chain_state_and_end_in_the_chain_sample(trajectory):
     seq = timestep_sequence(10, "uniform", T).tolist()
     x_T = torch.randn(1, 1, 4, 4, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
     gen = lambda seed: torch.Generator().manual_seed(seed)  # noqa: E731
-    chain = sample(smooth_eps, x_T, seq, SCHED, eta=1.0, generator=gen(3), return_trajectory=True)
+    chain = trajectory(sample, smooth_eps, x_T, seq, SCHED, eta=1.0, generator=gen(3))
     stops = [seq[-1], seq[5], seq[0]]
     conts = [[gen(3), gen(4), gen(5)] for _ in stops]  # continuation 0 redraws the chain's own noise
     x_ts, samples = shared_latents(smooth_eps, x_T, seq, SCHED, stops, gen(3), conts, eta=1.0)

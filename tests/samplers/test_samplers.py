@@ -21,7 +21,7 @@ import torch
 
 from ddim.diffusion.schedule import Schedule, ScheduleError, timestep_sequence
 from ddim.samplers import (
-    SamplerConfig,
+    DDIM,
     consistency,
     encode,
     generalized_step,
@@ -32,6 +32,7 @@ from ddim.samplers import (
     sample,
     slerp,
 )
+from ddim.samplers.base import sampler_from_settings
 
 T = 1000
 SCHED = Schedule.from_config("linear", T, 1e-4, 0.02)
@@ -109,16 +110,16 @@ def max_diff(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
 
 @pytest.mark.parametrize("steps", [10, 50])
 @pytest.mark.parametrize("eta", [0.0, 1.0])
-def test_matches_diffusers_ddim_where_conventions_agree(steps, eta):
+def test_matches_diffusers_ddim_where_conventions_agree(steps, eta, trajectory):
     net = TinyEps()
-    ours = sample(
+    ours = trajectory(
+        sample,
         net,
         x_T(),
         timestep_sequence(steps, "uniform", T),
         SCHED,
         eta=eta,
         generator=torch.Generator().manual_seed(1),
-        return_trajectory=True,
     )
     timesteps, xs, x0s = run_diffusers_ddim(
         diffusers_ddim(), net, x_T(), steps, eta, step_noises(1, steps - 1)
@@ -130,17 +131,17 @@ def test_matches_diffusers_ddim_where_conventions_agree(steps, eta):
 
 
 @pytest.mark.parametrize("eta", [0.0, 1.0])
-def test_matches_diffusers_ddim_in_float32_with_its_own_tables(eta):
+def test_matches_diffusers_ddim_in_float32_with_its_own_tables(eta, trajectory):
     net = TinyEps()
     steps = 20
-    ours = sample(
+    ours = trajectory(
+        sample,
         net,
         x_T(torch.float32),
         timestep_sequence(steps, "uniform", T),
         SCHED,
         eta=eta,
         generator=torch.Generator().manual_seed(1),
-        return_trajectory=True,
     )
     noises = step_noises(1, steps - 1, torch.float32)
     _, xs, x0s = run_diffusers_ddim(
@@ -152,7 +153,7 @@ def test_matches_diffusers_ddim_in_float32_with_its_own_tables(eta):
 
 
 @pytest.mark.parametrize("eta", [0.0, 1.0])
-def test_leading_spacing_differs_from_paper_when_s_does_not_divide_t(eta):
+def test_leading_spacing_differs_from_paper_when_s_does_not_divide_t(eta, trajectory):
     steps = 30
     paper = timestep_sequence(steps, "uniform", T).tolist()
     scheduler = diffusers_ddim()
@@ -161,23 +162,15 @@ def test_leading_spacing_differs_from_paper_when_s_does_not_divide_t(eta):
     assert leading != paper and leading[1] == paper[1] == 33 and leading[-1] == 957 and paper[-1] == 966
     # diffusers' own sequence, given to our sampler as a custom list, reproduces diffusers exactly.
     net = TinyEps()
-    ours = sample(
-        net,
-        x_T(),
-        leading,
-        SCHED,
-        eta=eta,
-        generator=torch.Generator().manual_seed(1),
-        return_trajectory=True,
-    )
+    ours = trajectory(sample, net, x_T(), leading, SCHED, eta=eta, generator=torch.Generator().manual_seed(1))
     _, xs, x0s = run_diffusers_ddim(scheduler, net, x_T(), steps, eta, step_noises(1, steps - 1))
     assert max_diff(ours.xs, xs) < 1e-10 and max_diff(ours.x0_hats, x0s) < 1e-10
 
 
-def test_steps_offset_and_trailing_are_custom_sequences():
+def test_steps_offset_and_trailing_are_custom_sequences(trajectory):
     net = TinyEps()
     offset = [t + 1 for t in timestep_sequence(10, "uniform", T).tolist()]
-    ours = sample(net, x_T(), offset, SCHED, eta=0.0, return_trajectory=True)
+    ours = trajectory(sample, net, x_T(), offset, SCHED, eta=0.0)
     _, xs, _ = run_diffusers_ddim(diffusers_ddim(steps_offset=1), net, x_T(), 10, 0.0, [])
     assert max_diff(ours.xs, xs) < 1e-10
 
@@ -185,14 +178,14 @@ def test_steps_offset_and_trailing_are_custom_sequences():
     trailing.set_timesteps(10)
     seq = sorted(trailing.timesteps.tolist())
     assert seq == list(range(99, 1000, 100))
-    ours = sample(net, x_T(), seq, SCHED, eta=0.0, return_trajectory=True)
+    ours = trajectory(sample, net, x_T(), seq, SCHED, eta=0.0)
     _, xs, _ = run_diffusers_ddim(trailing, net, x_T(), 10, 0.0, [])
     assert max_diff(ours.xs, xs) < 1e-10
 
 
-def test_set_alpha_to_one_false_stops_before_the_last_denoising_step():
+def test_set_alpha_to_one_false_stops_before_the_last_denoising_step(trajectory):
     net = TinyEps()
-    ours = sample(net, x_T(), timestep_sequence(10, "uniform", T), SCHED, eta=0.0, return_trajectory=True)
+    ours = trajectory(sample, net, x_T(), timestep_sequence(10, "uniform", T), SCHED, eta=0.0)
     _, xs, _ = run_diffusers_ddim(diffusers_ddim(set_alpha_to_one=False), net, x_T(), 10, 0.0, [])
     # Its last step maps t = 0 to a_0 itself (a no-op), so it returns our x_{tau_0}, not our x_0.
     assert max_diff(ours.xs[:-1], xs[:-1]) < 1e-10
@@ -226,12 +219,10 @@ def reference_generalized_steps(x, seq, model, b, eta, noises):
 
 @pytest.mark.parametrize("skip_type,steps", [("uniform", 30), ("quadratic", 50), ("quadratic", 7)])
 @pytest.mark.parametrize("eta", [0.0, 0.5, 1.0])
-def test_matches_ddim_reference_loop_on_paper_sequences(skip_type, steps, eta):
+def test_matches_ddim_reference_loop_on_paper_sequences(skip_type, steps, eta, trajectory):
     net = TinyEps()
     seq = timestep_sequence(steps, skip_type, T).tolist()
-    ours = sample(
-        net, x_T(), seq, SCHED, eta=eta, generator=torch.Generator().manual_seed(1), return_trajectory=True
-    )
+    ours = trajectory(sample, net, x_T(), seq, SCHED, eta=eta, generator=torch.Generator().manual_seed(1))
     # Our sampler skips the draw when sigma = 0 (the last step, and repeated timesteps of quadratic).
     pairs = zip(reversed(seq), reversed([-1, *seq[:-1]]), strict=True)
     noisy = [eta > 0 and s >= 0 and s != t for t, s in pairs]
@@ -242,14 +233,12 @@ def test_matches_ddim_reference_loop_on_paper_sequences(skip_type, steps, eta):
 
 
 @pytest.mark.parametrize("steps", [10, 30])
-def test_sigma_hat_matches_diffusers_ddpm_fixed_large(steps):
+def test_sigma_hat_matches_diffusers_ddpm_fixed_large(steps, trajectory):
     diffusers = pytest.importorskip("diffusers")
     net = TinyEps()
     seq = timestep_sequence(steps, "uniform", T).tolist()
     gens = per_sample_generators(3, range(SHAPE[0]))
-    ours = sample(
-        net, x_T(), seq, SCHED, variance="sigma_hat", clip_x0=True, generator=gens, return_trajectory=True
-    )
+    ours = trajectory(sample, net, x_T(), seq, SCHED, variance="sigma_hat", clip_x0=True, generator=gens)
     scheduler = diffusers.DDPMScheduler(
         num_train_timesteps=T,
         beta_start=1e-4,
@@ -339,21 +328,23 @@ def test_bad_inputs_raise_clear_value_errors():
     with pytest.raises(ValueError, match=r"lie in \[0, 999\]"):
         sample(net, x_T(), [0, 1000], SCHED)
     assert net.calls == []  # every check happens before the first network call
-    with pytest.raises(ValueError, match=r"sampler.steps must be an integer in \[1, 1000\]"):
-        SamplerConfig(steps=1001).validate(T)
-    with pytest.raises(ValueError, match="eta must be a number >= 0"):
-        SamplerConfig(eta=-1).validate(T)
-    with pytest.raises(ValueError, match="Unknown sampler.variance"):
-        SamplerConfig(variance="big").validate(T)
-    with pytest.raises(ValueError, match="Unknown sampler.skip_type 'cubic'"):
-        SamplerConfig(skip_type="cubic").validate(T)
-    with pytest.raises(ScheduleError, match=r"sampler.steps must be an integer"):
-        SamplerConfig(steps=0).run(net, x_T(), SCHED)
+    with pytest.raises(ScheduleError, match=r"sampler.steps must be an integer in \[1, 1000\]"):
+        DDIM(steps=1001).check_schedule(SCHED)
+    with pytest.raises(ValueError, match=r"^sampler.eta=-1.0 is invalid: it must be a number >= 0"):
+        DDIM(eta=-1)
+    with pytest.raises(
+        ValueError, match=r"^sampler.variance=big is invalid: it must be one of eta, sigma_hat"
+    ):
+        DDIM(variance="big")
+    with pytest.raises(ValueError, match=r"^sampler.skip_type=cubic is invalid: it must be one of uniform"):
+        DDIM(skip_type="cubic")
+    with pytest.raises(ValueError, match=r"^sampler.steps=0 is invalid: it must be an integer >= 1"):
+        DDIM(steps=0)
 
 
-def test_sampler_config_runs_what_sample_runs():
+def test_the_ddim_sampler_runs_what_sample_runs():
     net = TinyEps()
-    cfg = SamplerConfig(eta=0.5, steps=10, skip_type="quadratic")
+    cfg = DDIM(eta=0.5, steps=10, skip_type="quadratic")
     a = cfg.run(net, x_T(), SCHED, generator=torch.Generator().manual_seed(2))
     b = sample(
         net,
@@ -364,8 +355,8 @@ def test_sampler_config_runs_what_sample_runs():
         generator=torch.Generator().manual_seed(2),
     )
     assert torch.equal(a, b)
-    assert SamplerConfig(timesteps=[0, 500]).timestep_sequence(T).tolist() == [0, 500]
-    assert SamplerConfig(steps=50, skip_type="quadratic").nfe(T) == 50
+    assert DDIM(timesteps=[0, 500]).sequence(SCHED) == [0, 500]
+    assert DDIM(steps=50, skip_type="quadratic").nfe(SCHED) == 50
     assert cfg.tag() == "eta0.5_S10_quadratic"
 
 
@@ -373,17 +364,17 @@ def test_sampler_config_runs_what_sample_runs():
 def test_hydra_sampler_group_composes_with_overrides(name, compose_config):
     cfg = compose_config([f"+sampler={name}", "sampler.eta=0", "sampler.steps=100"])
     custom = compose_config([f"+sampler={name}", "sampler.timesteps=[0,250,500,750]"])
-    sampler = SamplerConfig(**cfg.sampler).validate(T)
+    sampler = sampler_from_settings(cfg.sampler).check_schedule(SCHED)
     assert sampler.eta == 0 and sampler.steps == 100
     assert sampler.variance == ("sigma_hat" if name == "ddpm_sigma_hat" else "eta")
     assert sampler.clip_x0 == (name == "ddpm_sigma_hat")
-    assert SamplerConfig(**custom.sampler).timestep_sequence(T).tolist() == [0, 250, 500, 750]
+    assert sampler_from_settings(custom.sampler).sequence(SCHED) == [0, 250, 500, 750]
 
 
-def test_encode_steps_evaluate_eps_where_each_step_starts():
+def test_encode_steps_evaluate_eps_where_each_step_starts(trajectory):
     net = TinyEps()
     seq = [0, 100, 400]
-    traj = encode(net, x_T(), seq, SCHED, return_trajectory=True)
+    traj = trajectory(encode, net, x_T(), seq, SCHED)
     assert net.calls == [[0, 0], [0, 0], [100, 100]]  # eps(x_0, tau_0), eps(x_0', 0), eps(x_100', 100)
     assert len(traj.xs) == 4 and torch.equal(traj.x0, traj.xs[-1])
     # Each encoding step is the eta = 0 update with the roles of t and s swapped.
@@ -405,26 +396,28 @@ def test_slerp_endpoints_orthogonal_norm_and_parallel_inputs():
     assert torch.allclose(slerp(e0, 2 * e0, 0.5), 1.5 * e0)
 
 
-def test_interpolate_consistency_progressive_are_built_from_sample():
+def test_interpolate_consistency_progressive_are_built_from_sample(trajectory):
     net = TinyEps()
     seq = timestep_sequence(10, "uniform", T)
+    ddim = DDIM(steps=10)
     z0, z1 = x_T(), torch.randn(SHAPE, dtype=torch.float64)
-    grid = interpolate(net, z0, z1, 5, seq, SCHED, batch_size=3)
+    grid = interpolate(ddim, net, z0, z1, 5, SCHED, batch_size=3)
     assert grid.shape == (2, 5, 3, 8, 8)
     assert torch.allclose(grid[:, 0], sample(net, z0, seq, SCHED), atol=1e-12)
     assert torch.allclose(grid[:, -1], sample(net, z1, seq, SCHED), atol=1e-12)
 
-    grid = consistency(net, z0, [5, 10, 20], "uniform", SCHED)
+    grid = consistency(ddim, net, z0, [5, 10, 20], SCHED)
     assert grid.shape == (2, 3, 3, 8, 8)
     assert torch.equal(grid[:, 1], sample(net, z0, seq, SCHED))
 
     gen = lambda: torch.Generator().manual_seed(4)  # noqa: E731
-    traj = sample(net, z0, seq, SCHED, eta=1.0, generator=gen(), return_trajectory=True)
-    frames = progressive(net, z0, seq, SCHED, every=4, eta=1.0, generator=gen())
+    traj = trajectory(sample, net, z0, seq, SCHED, eta=1.0, generator=gen())
+    ddpm = DDIM(steps=10, eta=1.0)
+    frames = progressive(ddpm, net, z0, SCHED, every=4, generator=gen())
     assert frames.shape == (2, 4, 3, 8, 8)  # steps 0, 4, 8 and the last (9)
     for col, k in enumerate([0, 4, 8, 9]):
         assert torch.equal(frames[:, col], traj.x0_hats[k])
     assert torch.equal(frames[:, -1], traj.x0)  # the last x0_hat is the sample (a_{-1} = 1)
-    assert progressive(net, z0, seq, SCHED, every=[2, 5]).shape == (2, 2, 3, 8, 8)
+    assert progressive(ddim, net, z0, SCHED, every=[2, 5]).shape == (2, 2, 3, 8, 8)
     with pytest.raises(ValueError, match="step indices"):
-        progressive(net, z0, seq, SCHED, every=[10])
+        progressive(ddim, net, z0, SCHED, every=[10])

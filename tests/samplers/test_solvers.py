@@ -18,6 +18,7 @@ Conventions (ours / diffusers), and which the tests compare:
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -26,8 +27,9 @@ import torch
 
 from ddim.diffusion.oracle import GaussianOracle
 from ddim.diffusion.schedule import Schedule, ScheduleError, timestep_sequence
-from ddim.samplers import SamplerConfig, SamplerError, per_sample_generators, sample
-from ddim.samplers.config import OPTION_USERS
+from ddim.errors import DDIMError
+from ddim.samplers import PNDM, SAMPLERS, make_sampler, per_sample_generators, sample
+from ddim.samplers.base import sampler_from_settings
 from ddim.samplers.dpm_solver import dpm_solver_multistep, dpm_solver_singlestep
 from ddim.samplers.karras import euler, euler_ancestral, heun
 from ddim.samplers.pndm import pndm
@@ -276,18 +278,9 @@ def test_pndm_matches_diffusers(skip_prk, alpha_one):
     seq = timestep_sequence(steps, "leading").tolist()
     final = "denoise" if alpha_one else "none"  # set_alpha_to_one=False ends with a no-op step at t = 0
     ours = pndm(net, x_T(), seq, SCHED, "plms" if skip_prk else "prk", final)
-    cfg = SamplerConfig(
-        name="pndm", steps=steps, skip_type="leading", warm_start="plms" if skip_prk else "prk"
-    )
-    assert (
-        net.calls == dataclass_nfe(cfg, final) == (steps + 9 if not skip_prk else steps + 1) - (not alpha_one)
-    )
+    cfg = PNDM(steps=steps, skip_type="leading", warm_start="plms" if skip_prk else "prk", final_step=final)
+    assert net.calls == cfg.nfe(SCHED) == (steps + 9 if not skip_prk else steps + 1) - (not alpha_one)
     assert max_err(ours, run_diffusers(sched, net, x_T())) < TOL
-
-
-def dataclass_nfe(cfg: SamplerConfig, final: str) -> int:
-    cfg.final_step = final
-    return cfg.nfe(SCHED)
 
 
 @pytest.mark.parametrize("steps", [5, 10, 20])
@@ -403,13 +396,13 @@ NAMES = [
 def test_nfe_counts_the_network_calls_actually_made(name, skip_type, final):
     if name == "ddim" and final == "none":
         final = "denoise"
-    eta = 1.0 if name == "euler_ancestral" else 0.0
-    cfg = SamplerConfig(name=name, steps=50, skip_type=skip_type, final_step=final, eta=eta, warm_start="prk")
+    options = {} if name == "ddim" else {"final_step": final}
+    cfg = make_sampler(name, steps=50, skip_type=skip_type, **options)
     net = CountingEps()
     out = cfg.run(net, x_T((1, 3, 2, 2)), SCHED, generator=torch.Generator().manual_seed(0))
     assert torch.isfinite(out).all()
-    assert net.calls == cfg.nfe(SCHED) == cfg.nfe(T)  # the length T suffices to count
-    distinct = len(set(cfg.timestep_sequence(SCHED).tolist()))  # quadratic S=50 repeats 0
+    assert net.calls == cfg.nfe(SCHED)
+    distinct = len(set(cfg.sequence(SCHED)))  # quadratic S=50 repeats 0
     if name not in ("ddim", "heun", "pndm"):
         assert net.calls == distinct - (final == "none")
     assert cfg.tag().startswith("eta0_" if name == "ddim" else name)
@@ -418,44 +411,49 @@ def test_nfe_counts_the_network_calls_actually_made(name, skip_type, final):
 def test_config_dispatches_to_the_solver_functions():
     seq = timestep_sequence(10, "logsnr", T, alphas_cumprod=SCHED.alphas_cumprod)
     net = CountingEps()
-    cfg = SamplerConfig(name="dpm_solver_pp", order=3, steps=10, skip_type="logsnr", lower_order_final=False)
+    cfg = make_sampler("dpm_solver_pp", order=3, steps=10, skip_type="logsnr", lower_order_final=False)
     assert torch.equal(
         cfg.run(net, x_T(), SCHED), dpm_solver_multistep(net, x_T(), seq, SCHED, 3, lower_order_final=False)
     )
-    cfg = SamplerConfig(name="unipc", order=3, variant="bh1", steps=10, skip_type="logsnr", final_step="none")
+    cfg = make_sampler("unipc", order=3, variant="bh1", steps=10, skip_type="logsnr", final_step="none")
     assert torch.equal(cfg.run(net, x_T(), SCHED), unipc(net, x_T(), seq, SCHED, 3, "bh1", final_step="none"))
     assert cfg.tag() == "unipc3_S10_logsnr_bh1_nodenoise"
-    cfg = SamplerConfig(name="pndm", steps=10, warm_start="plms")
+    cfg = make_sampler("pndm", steps=10, skip_type="uniform", warm_start="plms")
     assert torch.equal(cfg.run(net, x_T(), SCHED), pndm(net, x_T(), timestep_sequence(10), SCHED, "plms"))
-    assert (
-        SamplerConfig(name="heun", steps=10).nfe(T) == 19
-        and SamplerConfig(name="pndm", steps=10).nfe(T) == 19
-    )
-    # Existing behaviour: ddim is the default and its tag is unchanged.
-    assert SamplerConfig(steps=10).tag() == "eta0_S10_uniform" and SamplerConfig().name == "ddim"
+    assert make_sampler("heun", steps=10).nfe(SCHED) == 19 and make_sampler("pndm", steps=10).nfe(SCHED) == 19
+    # Existing behaviour: the ddim tag is unchanged.
+    assert make_sampler("ddim", steps=10).tag() == "eta0_S10_uniform"
 
 
 @pytest.mark.parametrize(
-    "kwargs,match",
+    "name,kwargs,match",
     [
-        (dict(name="dpm_solver_ppp"), "Unknown sampler.name 'dpm_solver_ppp'"),
-        (dict(name="dpm_solver_pp", order=4), "sampler.order must be one of"),
-        (dict(name="sde_dpm_solver_pp", order=3), "supports sampler.order 1 or 2"),
-        (dict(name="unipc", variant="bh3"), "Unknown sampler.variant 'bh3'"),
-        (dict(name="dpm_solver", solver_type="rk"), "Unknown sampler.solver_type 'rk'"),
-        (dict(name="pndm", warm_start="rk4"), "Unknown sampler.warm_start 'rk4'"),
-        (dict(name="heun", final_step="zero"), "Unknown sampler.final_step 'zero'"),
-        (dict(name="heun", eta=0.5), "sampler.eta does not apply to sampler=heun"),
-        (dict(name="unipc", clip_x0=True), "sampler.clip_x0 does not apply to sampler=unipc"),
-        (dict(name="ddim", final_step="none"), "sampler=euler is the same ODE step"),
-        (dict(name="euler", steps=1, final_step="none"), "at least two distinct timesteps"),
-        (dict(name="unipc", corrector="yes"), "sampler.corrector must be true or false"),
+        ("dpm_solver_ppp", {}, "Unknown sampler 'dpm_solver_ppp'; choose one of ddim, dpm_solver_pp"),
+        ("dpm_solver_pp", dict(order=4), r"^sampler.order=4 is invalid: it must be one of 1, 2, 3"),
+        ("sde_dpm_solver_pp", dict(order=3), r"^sampler.order=3 is invalid: it must be one of 1, 2"),
+        ("unipc", dict(variant="bh3"), r"^sampler.variant=bh3 is invalid: it must be one of bh1, bh2"),
+        (
+            "dpm_solver",
+            dict(solver_type="rk"),
+            r"^sampler.solver_type=rk is invalid: it must be one of midpoint",
+        ),
+        ("pndm", dict(warm_start="rk4"), r"^sampler.warm_start=rk4 is invalid: it must be one of prk, plms"),
+        (
+            "heun",
+            dict(final_step="zero"),
+            r"^sampler.final_step=zero is invalid: it must be one of denoise, none",
+        ),
+        ("heun", dict(eta=0.5), r"^sampler.eta is not a setting of sampler=heun; its settings are: steps,"),
+        ("unipc", dict(clip_x0=True), r"^sampler.clip_x0 is not a setting of sampler=unipc"),
+        ("ddim", dict(final_step="none"), r"^sampler.final_step is not a setting of sampler=ddim"),
+        ("euler", dict(steps=1, final_step="none"), "at least two distinct timesteps"),
+        ("unipc", dict(corrector="yes"), r"^sampler.corrector=yes is invalid: it must be true or false"),
     ],
 )
-def test_bad_solver_settings_raise_one_clear_error(kwargs, match):
+def test_bad_solver_settings_raise_one_clear_error(name, kwargs, match):
     net = CountingEps()
-    with pytest.raises(SamplerError, match=match):
-        SamplerConfig(**kwargs).run(net, x_T(), SCHED)
+    with pytest.raises(DDIMError, match=match):
+        make_sampler(name, **kwargs).check_schedule(SCHED).run(net, x_T(), SCHED)
     assert net.calls == 0
 
 
@@ -472,42 +470,37 @@ def test_bad_solver_settings_raise_one_clear_error(kwargs, match):
         ("ddim", "order", 3),
     ],
 )
-def test_an_option_the_sampler_does_not_use_is_refused(name, key, value):
-    users = ", ".join(OPTION_USERS[key])
+def test_an_option_the_sampler_does_not_have_is_refused(name, key, value):
+    valid = ", ".join(f.name for f in dataclasses.fields(SAMPLERS[name]))
     with pytest.raises(
-        SamplerError, match=f"^sampler.{key} does not apply to sampler={name}; it is used by: {users}"
+        DDIMError, match=f"^sampler.{key} is not a setting of sampler={name}; its settings are: {valid}"
     ):
-        SamplerConfig(name=name, **{key: value}).validate(SCHED)
-    SamplerConfig(name=OPTION_USERS[key][0], **{key: value}).validate(
-        SCHED
-    )  # the same value where it applies
-    SamplerConfig(name=name, **{key: getattr(SamplerConfig(), key)}).validate(SCHED)  # the default passes
+        make_sampler(name, **{key: value})
+    owner = next(n for n, cls in SAMPLERS.items() if key in {f.name for f in dataclasses.fields(cls)})
+    make_sampler(owner, **{key: value}).check_schedule(SCHED)  # the same value where it applies
 
 
 def test_steps_that_are_not_a_number_give_one_line():
-    with pytest.raises(SamplerError, match=r"^sampler.steps must be an integer in \[1, 1000\], got 'ten'\.$"):
-        SamplerConfig(steps="ten").validate(T)
+    with pytest.raises(
+        DDIMError,
+        match=r"^sampler.steps=ten is invalid: it must be an integer >= 1, e.g. sampler.steps=100\.$",
+    ):
+        make_sampler("ddim", steps="ten")
 
 
 def test_schedule_errors_keep_their_type():
     with pytest.raises(ScheduleError, match=r"sampler.steps must be an integer in \[1, 1000\]"):
-        SamplerConfig(name="unipc", steps=1001).run(CountingEps(), x_T(), SCHED)
+        make_sampler("unipc", steps=1001).check_schedule(SCHED)
 
 
-def test_noise_levels_schedules_need_the_table():
-    cfg = SamplerConfig(name="unipc", steps=10, skip_type="karras").validate(T)  # checks what T allows
-    with pytest.raises(SamplerError, match="pass the Schedule"):
-        cfg.timestep_sequence(T)
-    assert (
-        cfg.timestep_sequence(SCHED).tolist()[0] == 0 and cfg.timestep_sequence(SCHED).tolist()[-1] == T - 1
-    )
+def test_noise_level_schedules_span_the_table():
+    seq = make_sampler("unipc", steps=10, skip_type="karras").sequence(SCHED)
+    assert seq[0] == 0 and seq[-1] == T - 1
 
 
 @pytest.mark.parametrize("name", ["sde_dpm_solver_pp", "euler_ancestral"])
 def test_stochastic_solvers_keep_the_per_sample_noise_contract(name):
-    cfg = SamplerConfig(
-        name=name, steps=8, skip_type="trailing", eta=1.0 if name == "euler_ancestral" else 0.0
-    )
+    cfg = make_sampler(name, steps=8, skip_type="trailing")
     xs = x_T((4, 3, 2, 2))
     full = cfg.run(CountingEps(), xs, SCHED, generator=per_sample_generators(3, range(4)))
     part = cfg.run(CountingEps(), xs[2:], SCHED, generator=per_sample_generators(3, range(2, 4)))
@@ -527,7 +520,7 @@ def test_stochastic_solvers_keep_the_per_sample_noise_contract(name):
 def test_deterministic_solvers_draw_nothing(name):
     gen = torch.Generator().manual_seed(0)
     state = gen.get_state()
-    SamplerConfig(name=name, steps=6).run(CountingEps(), x_T(), SCHED, generator=gen)
+    make_sampler(name, steps=6).run(CountingEps(), x_T(), SCHED, generator=gen)
     assert torch.equal(gen.get_state(), state)
 
 
@@ -542,16 +535,19 @@ def test_hydra_sampler_group_has_every_solver(name):
 
     conf = Path(__file__).resolve().parents[2] / "conf"
     with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
-        as_shipped = SamplerConfig(**compose(overrides=[f"+sampler={name}"]).sampler)
-        order = ["sampler.order=3"] * (name in OPTION_USERS["order"])
+        as_shipped = sampler_from_settings(compose(overrides=[f"+sampler={name}"]).sampler)
+        order = ["sampler.order=3"] * hasattr(as_shipped, "order")
         cfg = compose(overrides=[f"+sampler={name}", "sampler.steps=12", *order])
-    as_shipped.validate(SCHED)  # every file of conf/sampler/ is valid as it stands
-    sampler = SamplerConfig(**cfg.sampler)
+    as_shipped.check_schedule(SCHED)  # every file of conf/sampler/ is valid as it stands
+    # ... and lists exactly the settings of its class, with the class's defaults
+    assert {k: v for k, v in cfg.sampler.items() if k != "_target_"}.keys() == as_shipped.settings().keys()
+    assert as_shipped == type(as_shipped)()
     if name == "sde_dpm_solver_pp":
-        with pytest.raises(SamplerError, match="order 1 or 2"):
-            sampler.validate(SCHED)
-        sampler.order = 2
-    assert sampler.validate(SCHED).name == name and sampler.steps == 12
+        with pytest.raises(DDIMError, match="^sampler.order=3 is invalid: it must be one of 1, 2"):
+            sampler_from_settings(cfg.sampler)
+        return
+    sampler = sampler_from_settings(cfg.sampler)
+    assert sampler.check_schedule(SCHED).name == name and sampler.steps == 12
     assert sampler.nfe(SCHED) >= 11
 
 

@@ -16,7 +16,8 @@ from typing import NamedTuple
 
 import torch
 
-from ddim.diffusion.parameterization import Prediction, gather, posterior_log_variance, posterior_mean, tables
+from ddim.diffusion.forward import gather
+from ddim.diffusion.parameterization import Prediction, posterior_log_variance, posterior_mean, tables
 from ddim.diffusion.schedule import Schedule
 
 LN2 = math.log(2.0)

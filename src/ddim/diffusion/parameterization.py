@@ -29,6 +29,7 @@ from typing import Any, NamedTuple
 
 import torch
 
+from ddim.diffusion.forward import eps_from_x0, gather, x0_from_eps
 from ddim.diffusion.schedule import Schedule
 from ddim.errors import DDIMError
 
@@ -98,12 +99,6 @@ def tables(schedule: Schedule) -> Tables:
     )
 
 
-def gather(table: torch.Tensor, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """table[t] shaped to broadcast against `like` ([B] -> [B, 1, 1, 1]), in like's dtype and device."""
-    values = table.to(t.device)[t].to(like.device, like.dtype)
-    return values.reshape(-1, *([1] * (like.ndim - 1)))
-
-
 # ----------------------------------------------------------------------------------------------------------
 # Posterior and conversions (float64 tables; all per-row in t)
 
@@ -119,14 +114,16 @@ def posterior_log_variance(t: torch.Tensor, like: torch.Tensor, schedule: Schedu
     return gather(tables(schedule).posterior_log_variance_clipped, t, like)
 
 
-def x0_from_eps(x_t: torch.Tensor, eps: torch.Tensor, t: torch.Tensor, schedule: Schedule) -> torch.Tensor:
+def x0_from_eps_at(x_t: torch.Tensor, eps: torch.Tensor, t: torch.Tensor, schedule: Schedule) -> torch.Tensor:
+    """forward.x0_from_eps with each row's own timestep."""
     a = gather(tables(schedule).alphas_cumprod, t, x_t)
-    return (x_t - (1 - a).sqrt() * eps) / a.sqrt()
+    return x0_from_eps(x_t, eps, a.sqrt(), (1 - a).sqrt())
 
 
-def eps_from_x0(x_t: torch.Tensor, x0: torch.Tensor, t: torch.Tensor, schedule: Schedule) -> torch.Tensor:
+def eps_from_x0_at(x_t: torch.Tensor, x0: torch.Tensor, t: torch.Tensor, schedule: Schedule) -> torch.Tensor:
+    """forward.eps_from_x0 with each row's own timestep."""
     a = gather(tables(schedule).alphas_cumprod, t, x_t)
-    return (x_t - a.sqrt() * x0) / (1 - a).sqrt()
+    return eps_from_x0(x_t, x0, a.sqrt(), (1 - a).sqrt())
 
 
 def x0_from_mean(x_t: torch.Tensor, mean: torch.Tensor, t: torch.Tensor, schedule: Schedule) -> torch.Tensor:
@@ -164,9 +161,9 @@ def predict(
     the network's own (as DDPM's code: only the reported x0_hat is clipped).
     """
     if parameterization == "eps":
-        eps, x0 = output, x0_from_eps(x_t, output, t, schedule)
+        eps, x0 = output, x0_from_eps_at(x_t, output, t, schedule)
     elif parameterization == "x0":
-        eps, x0 = eps_from_x0(x_t, output, t, schedule), output
+        eps, x0 = eps_from_x0_at(x_t, output, t, schedule), output
     elif parameterization == "v":
         a = gather(tables(schedule).alphas_cumprod, t, x_t)
         x0 = a.sqrt() * x_t - (1 - a).sqrt() * output
@@ -175,12 +172,12 @@ def predict(
         x0 = x0_from_mean(x_t, output, t, schedule)
         if clip_x0:
             x0 = x0.clamp(-1.0, 1.0)
-        return Prediction(eps_from_x0(x_t, x0, t, schedule), x0, output)
+        return Prediction(eps_from_x0_at(x_t, x0, t, schedule), x0, output)
     else:
         check_parameterization(parameterization)
     if clip_x0:
         x0 = x0.clamp(-1.0, 1.0)
-        eps = eps_from_x0(x_t, x0, t, schedule)
+        eps = eps_from_x0_at(x_t, x0, t, schedule)
     return Prediction(eps, x0, posterior_mean(x0, x_t, t, schedule))
 
 

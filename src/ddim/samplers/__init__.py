@@ -1,44 +1,55 @@
-"""Samplers as stateless functions of (eps_fn, x_T, timestep sequence, schedule, options, generator): the generalized
-(DDIM) family and the fast solvers (DPM-Solver(++), UniPC, Heun/Euler, PNDM); SamplerConfig picks one by name."""
+"""Samplers as stateless functions of (eps_fn, x_T, timestep sequence, schedule, options, generator), each
+with a frozen settings class registered by name in SAMPLERS:
 
-from ddim.samplers.config import SAMPLERS, SamplerConfig
-from ddim.samplers.ddim import (
-    VARIANCES,
+base.py        what every sampler shares: Sampler (settings base + registry), Step and the per-step callback,
+               timestep batches, per-sample noise
+ddim.py        the generalized (DDIM) family of eq. 12 (ddim, and ddpm / ddpm_sigma_hat as its presets), encode
+dpm_solver.py  DPM-Solver++(2M/3M), SDE-DPM-Solver++, singlestep DPM-Solver
+unipc.py       UniPC;  karras.py: Euler, Euler-ancestral, Heun;  pndm.py: PNDM
+levels.py      the noise-level path the fast solvers share, and PathSampler (final_step)
+figures.py     the papers' figures built on any sampler: interpolation, consistency, progressive, ...
+
+Adding a sampler: a module with a Sampler subclass (a `name`, its settings as typed fields, `nfe`, `run`),
+imported here or from a conf/sampler/<name>.yaml whose `_target_` names the class.
+"""
+
+from ddim.samplers.base import (
+    SAMPLERS,
+    Sampler,
     SamplerError,
-    Trajectory,
-    encode,
-    generalized_step,
+    Step,
     initial_noise,
-    noise_std,
+    make_sampler,
     per_sample_generators,
-    reconstruct,
-    sample,
 )
-from ddim.samplers.dpm_solver import dpm_solver_multistep, dpm_solver_singlestep
+from ddim.samplers.ddim import DDIM, encode, generalized_step, noise_std, reconstruct, sample
+from ddim.samplers.dpm_solver import DPMSolver, DPMSolverPP, SDEDPMSolverPP
 from ddim.samplers.figures import consistency, denoise_from, interpolate, progressive, shared_latents, slerp
-from ddim.samplers.karras import euler, euler_ancestral, heun
-from ddim.samplers.pndm import pndm
-from ddim.samplers.unipc import unipc
+from ddim.samplers.karras import Euler, EulerAncestral, Heun
+from ddim.samplers.pndm import PNDM
+from ddim.samplers.unipc import UniPC
 
 __all__ = [
+    "DDIM",
+    "PNDM",
     "SAMPLERS",
-    "dpm_solver_multistep",
-    "dpm_solver_singlestep",
-    "euler",
-    "euler_ancestral",
-    "heun",
-    "pndm",
-    "unipc",
-    "VARIANCES",
-    "SamplerConfig",
+    "DPMSolver",
+    "DPMSolverPP",
+    "Euler",
+    "EulerAncestral",
+    "Heun",
+    "SDEDPMSolverPP",
+    "Sampler",
     "SamplerError",
-    "Trajectory",
+    "Step",
+    "UniPC",
     "consistency",
     "denoise_from",
     "encode",
     "generalized_step",
     "initial_noise",
     "interpolate",
+    "make_sampler",
     "noise_std",
     "per_sample_generators",
     "progressive",

@@ -19,31 +19,80 @@ levels come from ddim.samplers.levels. Coefficients are Python floats; no device
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
+from typing import ClassVar, Literal
 
 import torch
 
 from ddim.diffusion.schedule import Schedule
-from ddim.samplers.ddim import EpsFn, Generators, SamplerError, _as_generator_list, _randn
-from ddim.samplers.levels import Level, multistep_order, solver_path, t_batch, x0_estimate
+from ddim.samplers.base import (
+    Callback,
+    EpsFn,
+    Generators,
+    SamplerError,
+    SkipType,
+    as_generator_list,
+    randn,
+    t_batch,
+)
+from ddim.samplers.levels import Level, PathSampler, multistep_order, report, solver_path, x0_estimate
+from ddim.settings import Count
 
 SOLVER_TYPES = ("midpoint", "heun")
 
 
-def check_dpm_options(
-    order: int, solver_type: str, sde: bool = False, orders: Sequence[int] = (1, 2, 3)
-) -> None:
-    if isinstance(order, bool) or order not in orders:
-        raise SamplerError(f"sampler.order must be one of {tuple(orders)} for this solver, got {order!r}.")
-    if solver_type not in SOLVER_TYPES:
-        raise SamplerError(
-            f"Unknown sampler.solver_type {solver_type!r}; choose 'midpoint' (the papers' and reference "
-            "code's weights) or 'heun' (Taylor-exact weights: diffusers' 'heun' at order 2, and at order 3 "
-            "the multistep weight that makes DPM-Solver++(3M) third order)."
-        )
-    if sde and order > 2:
-        raise SamplerError("The SDE variant of DPM-Solver++ supports sampler.order 1 or 2 (2M, the paper's).")
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class DPMSolverPP(PathSampler):
+    """DPM-Solver++(kM): multistep, data prediction, one call per step; order 1-3 (1 = DDIM, 2 = the paper's
+    2M, 3 = 3M); solver_type: midpoint (the papers' and reference code's weights) | heun (Taylor-exact);
+    lower_order_final: lower orders on the last steps (stable at few steps)."""
+
+    name: ClassVar[str] = "dpm_solver_pp"
+    steps: Count = 10
+    skip_type: SkipType = "logsnr"
+    order: Literal[1, 2, 3] = 2
+    solver_type: Literal[SOLVER_TYPES] = "midpoint"
+    lower_order_final: bool = True
+
+    def head(self) -> str:
+        return f"{self.name}{self.order}"
+
+    def extras(self) -> list[str]:
+        return [self.solver_type] * (self.solver_type != "midpoint") + super().extras()
+
+    def run(self, model, x_T, schedule, generator=None, callback=None) -> torch.Tensor:
+        return dpm_solver_multistep(
+            model, x_T, self.sequence(schedule), schedule, self.order, predict_x0=True,
+            sde=self.stochastic, solver_type=self.solver_type, lower_order_final=self.lower_order_final,
+            final_step=self.final_step, generator=generator, callback=callback,
+        )  # fmt: skip
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class SDEDPMSolverPP(DPMSolverPP):
+    """SDE-DPM-Solver++(2M): the multistep solver of the reverse SDE (stochastic; order 1 or 2)."""
+
+    name: ClassVar[str] = "sde_dpm_solver_pp"
+    stochastic: ClassVar[bool] = True
+    steps: Count = 20
+    order: Literal[1, 2] = 2
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class DPMSolver(DPMSolverPP):
+    """DPM-Solver-k (Lu et al. 2022): singlestep, noise prediction, order 1-3 (DPM-Solver-2/-3)."""
+
+    name: ClassVar[str] = "dpm_solver"
+    order: Literal[1, 2, 3] = 3
+
+    def run(self, model, x_T, schedule, generator=None, callback=None) -> torch.Tensor:
+        return dpm_solver_singlestep(
+            model, x_T, self.sequence(schedule), schedule, self.order, predict_x0=False,
+            solver_type=self.solver_type, lower_order_final=self.lower_order_final,
+            final_step=self.final_step, callback=callback,
+        )  # fmt: skip
 
 
 def _phis(hh: float, solver_type: str) -> tuple[float, float, float]:
@@ -63,10 +112,6 @@ def _frame(s: Level, t: Level, predict_x0: bool, sde: bool) -> tuple[float, floa
     return t.sigma / s.sigma, t.alpha, -h, 0.0
 
 
-def _noise(std: float, x: torch.Tensor, generator) -> torch.Tensor | None:
-    return _randn(x.shape, generator, x.device, x.dtype) if std > 0.0 else None
-
-
 def dpm_solver_multistep(
     eps_fn: EpsFn,
     x_T: torch.Tensor,
@@ -79,6 +124,7 @@ def dpm_solver_multistep(
     lower_order_final: bool = True,
     final_step: str = "denoise",
     generator: Generators = None,
+    callback: Callback = None,
 ) -> torch.Tensor:
     """DPM-Solver++(kM) (predict_x0=True, the default) or multistep DPM-Solver (eps), one call per step.
 
@@ -86,19 +132,21 @@ def dpm_solver_multistep(
     steps left. sde=True is SDE-DPM-Solver++ (data prediction, order <= 2): it draws one normal tensor per
     step except the last (noise contract of ddim.samplers.sample).
     """
-    check_dpm_options(order, solver_type, sde)
-    if sde and not predict_x0:
-        raise SamplerError("The SDE variant is defined for the data prediction (DPM-Solver++) only.")
+    if sde and (not predict_x0 or order > 2):
+        raise SamplerError("The SDE variant is DPM-Solver++ (data prediction) of order 1 or 2.")
     path = solver_path(timesteps, schedule, final_step)
-    generator = _as_generator_list(generator, x_T.shape[0])
+    generator = as_generator_list(generator, x_T.shape[0])
     n = len(path) - 1
     x, outputs = x_T, []
     for k in range(n):
         s, t = path[k], path[k + 1]
         eps = eps_fn(x, t_batch(s.t, x)).to(x.dtype)
+        x0_hat = x0_estimate(x, eps, s) if predict_x0 or callback or t.sigma == 0.0 else None
         if t.sigma == 0.0:
-            return x0_estimate(x, eps, s)  # to lambda = inf only the first-order step is finite
-        outputs = [*outputs, x0_estimate(x, eps, s) if predict_x0 else eps][-order:]
+            return report(
+                callback, k, s, t, x0_hat, x0_hat
+            )  # to lambda = inf only the first-order step is finite
+        outputs = [*outputs, x0_hat if predict_x0 else eps][-order:]
         p = multistep_order(order, k, n, lower_order_final)
         ratio, c, hh, std = _frame(s, t, predict_x0, sde)
         phi1, phi2, phi3 = _phis(hh, solver_type)
@@ -119,9 +167,9 @@ def dpm_solver_multistep(
                 x.add_(torch.add(d1_0, d2, alpha=r0), alpha=-c * (phi1 / hh - 1.0)).add_(
                     d2, alpha=-c * d2_weight
                 )
-        noise = _noise(std, x, generator)
-        if noise is not None:
-            x.add_(noise, alpha=std)
+        if std > 0.0:
+            x.add_(randn(x.shape, generator, x.device, x.dtype), alpha=std)
+        report(callback, k, s, t, x, x0_hat)
     return x
 
 
@@ -145,6 +193,7 @@ def dpm_solver_singlestep(
     solver_type: str = "midpoint",
     lower_order_final: bool = True,
     final_step: str = "denoise",
+    callback: Callback = None,
 ) -> torch.Tensor:
     """Singlestep DPM-Solver-k (eps prediction, the DPM-Solver paper's) or DPM-Solver++(kS), one call per step.
 
@@ -154,7 +203,6 @@ def dpm_solver_singlestep(
     For order 3, solver_type "midpoint" is the paper's DPM-Solver-3 update (uses the second intermediate
     point only); "heun" uses both.
     """
-    check_dpm_options(order, solver_type)
     path = solver_path(timesteps, schedule, final_step)
     n = len(path) - 1
     orders = singlestep_orders(n, order, lower_order_final, path[-1].sigma == 0.0)
@@ -163,12 +211,13 @@ def dpm_solver_singlestep(
     for k in range(n):
         s, t = path[k], path[k + 1]
         eps = eps_fn(x, t_batch(s.t, x)).to(x.dtype)
+        x0_hat = x0_estimate(x, eps, s) if predict_x0 or callback or t.sigma == 0.0 else None
         if t.sigma == 0.0:
-            return x0_estimate(x, eps, s)
+            return report(callback, k, s, t, x0_hat, x0_hat)
         p = orders[k]
         if p == 1:
             base_x, outputs = x, []
-        outputs.append(x0_estimate(x, eps, s) if predict_x0 else eps)
+        outputs.append(x0_hat if predict_x0 else eps)
         base = path[k - p + 1]
         ratio, c, hh, _ = _frame(base, t, predict_x0, False)
         phi1, phi2, phi3 = _phis(hh, solver_type)
@@ -188,4 +237,5 @@ def dpm_solver_singlestep(
                 d1 = (d1_0 * r0 - d1_1 * r1) / (r0 - r1)
                 d2 = (d1_1 - d1_0) * (2.0 / (r0 - r1))
                 x.add_(d1, alpha=-c * taylor2).add_(d2, alpha=-c * phi3)
+        report(callback, k, s, t, x, x0_hat)
     return x

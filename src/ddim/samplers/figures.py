@@ -2,19 +2,24 @@
 (DDIM Fig. 5), progressive x0_hat (DDPM Fig. 6), and DDPM's progressive decompression (Sec. 4.3): x0_hat
 predicted from x_t ~ q(x_t | x_0) of a real image, and samples of p(x_0 | x_t) sharing one chain's x_t.
 
-Each returns a (rows, cols, C, H, W) tensor, rows = samples and cols = the varied quantity, which
+Every figure decodes with the Sampler it is given (any registered one; the per-step callback supplies the
+x0_hat of progressive generation), so DDIM stays the default only where the paper used it. Each returns a
+(rows, cols, C, H, W) tensor, rows = samples and cols = the varied quantity, which
 `ddim.images.save_grid` lays out as given.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from collections.abc import Sequence
 
 import torch
 
-from ddim.diffusion.forward import predict_x0, q_sample
-from ddim.diffusion.schedule import Schedule, timestep_sequence
-from ddim.samplers.ddim import EpsFn, Generators, SamplerError, _sequence, _steps, _t_batch, sample
+from ddim.diffusion.forward import q_sample, x0_from_eps
+from ddim.diffusion.schedule import Schedule
+from ddim.samplers.base import EpsFn, Generators, Sampler, SamplerError, Step, increasing_sequence, t_batch
+from ddim.samplers.ddim import sample
 
 
 def slerp(z0: torch.Tensor, z1: torch.Tensor, alpha: float) -> torch.Tensor:
@@ -38,57 +43,59 @@ def slerp(z0: torch.Tensor, z1: torch.Tensor, alpha: float) -> torch.Tensor:
 
 
 def interpolate(
+    sampler: Sampler,
     eps_fn: EpsFn,
     z0: torch.Tensor,
     z1: torch.Tensor,
     n: int,
-    timesteps: torch.Tensor | Sequence[int],
     schedule: Schedule,
     batch_size: int | None = None,
 ) -> torch.Tensor:
-    """Decode (eta = 0) n slerp points between each pair of rows of z0 and z1 (B, C, H, W) -> (B, n, C, H, W)."""
+    """Decode n slerp points between each pair of rows of z0 and z1 (B, C, H, W) -> (B, n, C, H, W) with the
+    sampler (DDIM Fig. 6: DDIM, eta = 0)."""
     if n < 2:
         raise SamplerError(f"Interpolation needs n >= 2 points, got {n}.")
     alphas = torch.linspace(0.0, 1.0, n, dtype=torch.float64).tolist()
     z = torch.stack([slerp(z0, z1, a) for a in alphas], dim=1)
     flat = z.reshape(-1, *z0.shape[1:])
     chunks = flat.split(batch_size or flat.shape[0])
-    out = torch.cat([sample(eps_fn, c, timesteps, schedule, eta=0.0) for c in chunks])
+    out = torch.cat([sampler.run(eps_fn, c, schedule) for c in chunks])
     return out.reshape(z.shape)
 
 
 def consistency(
-    eps_fn: EpsFn,
-    x_T: torch.Tensor,
-    steps_list: Sequence[int],
-    skip_type: str,
-    schedule: Schedule,
+    sampler: Sampler, eps_fn: EpsFn, x_T: torch.Tensor, steps_list: Sequence[int], schedule: Schedule
 ) -> torch.Tensor:
-    """The same x_T decoded deterministically with each S in steps_list -> (B, len(steps_list), C, H, W)."""
+    """The same x_T decoded with the sampler at each S in steps_list -> (B, len(steps_list), C, H, W)."""
     if len(steps_list) == 0:
         raise SamplerError("consistency needs at least one number of steps, e.g. [10, 20, 50, 100].")
-    table = schedule.alphas_cumprod  # logsnr/karras sequences are defined on the noise levels
-    seqs = [timestep_sequence(s, skip_type, schedule.num_timesteps, alphas_cumprod=table) for s in steps_list]
-    return torch.stack([sample(eps_fn, x_T, seq, schedule, eta=0.0) for seq in seqs], dim=1)
+    return torch.stack(
+        [
+            dataclasses.replace(sampler, steps=s, timesteps=None).run(eps_fn, x_T, schedule)
+            for s in steps_list
+        ],
+        dim=1,
+    )
 
 
 def progressive(
+    sampler: Sampler,
     eps_fn: EpsFn,
     x_T: torch.Tensor,
-    timesteps: torch.Tensor | Sequence[int],
     schedule: Schedule,
     every: int | Sequence[int] = 1,
-    eta: float = 0.0,
-    variance: str = "eta",
-    clip_x0: bool = False,
     generator: Generators = None,
 ) -> torch.Tensor:
-    """x0_hat along one chain (DDPM's progressive generation) -> (B, K, C, H, W).
+    """x0_hat along one chain of the sampler (DDPM's progressive generation) -> (B, K, C, H, W).
 
     every: an int k keeps steps 0, k, 2k, ... and the last step; a sequence keeps those step indices
-    (0 = the first step, from tau_{S-1}). The last step's x0_hat is the final sample.
+    (0 = the first step, from the noisiest level). The last step's x0_hat is the final sample's estimate.
     """
-    n_steps = len(_sequence(timesteps, schedule))
+    frames: dict[int, torch.Tensor] = {}
+    sampler.run(
+        eps_fn, x_T, schedule, generator, callback=lambda step: frames.__setitem__(step.i, step.x0_hat)
+    )
+    n_steps = len(frames)
     if isinstance(every, int):
         if every < 1:
             raise SamplerError(f"progressive: every must be >= 1, got {every}.")
@@ -99,15 +106,7 @@ def progressive(
             raise SamplerError(
                 f"progressive: step indices must lie in [0, {n_steps - 1}], got {list(every)}."
             )
-    wanted = set(keep)
-    frames = []
-    steps = _steps(eps_fn, x_T, timesteps, schedule, eta, variance, clip_x0, generator)
-    for k, (_, x0_hat) in enumerate(steps):
-        if k in wanted:
-            frames.append(x0_hat)
-        if k == keep[-1]:
-            break
-    return torch.stack(frames, dim=1)
+    return torch.stack([frames[k] for k in keep], dim=1)
 
 
 def denoise_from(
@@ -128,11 +127,12 @@ def denoise_from(
     table = schedule.alphas_cumprod
     x_ts, x0_hats = [], []
     for t in timesteps:
-        t_batch = _t_batch(int(t), x0)
-        x_t = q_sample(x0, t_batch, noise, table)
-        eps = eps_fn(x_t, t_batch).to(x0.dtype)
+        ts = t_batch(int(t), x0)
+        x_t = q_sample(x0, ts, noise, table)
+        eps = eps_fn(x_t, ts).to(x0.dtype)
+        a_t = float(table[int(t)])
         x_ts.append(x_t)
-        x0_hats.append(predict_x0(x_t, eps, float(table[int(t)])))
+        x0_hats.append(x0_from_eps(x_t, eps, math.sqrt(a_t), math.sqrt(1.0 - a_t)))
     return torch.stack(x_ts, dim=1), torch.stack(x0_hats, dim=1)
 
 
@@ -158,7 +158,7 @@ def shared_latents(
     """
     if x_T.shape[0] != 1:
         raise SamplerError(f"shared_latents follows one chain: x_T must be a batch of 1, got {x_T.shape[0]}.")
-    seq = _sequence(timesteps, schedule)
+    seq = increasing_sequence(timesteps, schedule)
     wanted = [int(t) for t in stops]
     if not wanted or any(t not in seq for t in wanted):
         raise SamplerError(f"shared_latents: stops must be timesteps of the sequence {seq}, got {wanted}.")
@@ -167,15 +167,14 @@ def shared_latents(
             f"shared_latents: one list of generators per stop, got {len(continuation_generators)} for "
             f"{len(wanted)} stops."
         )
-    states, x = {}, x_T  # x_T is the state at the last element of seq; each step lands on the next lower one
-    steps = _steps(eps_fn, x_T, seq, schedule, eta, variance, clip_x0, generator)
-    for t in reversed(seq):
-        if t != seq[-1]:
-            x, _ = next(steps)
-        if t in wanted:
-            states[t] = x
-        if t == min(wanted):
-            break
+    states = {seq[-1]: x_T}  # the chain's state at each timestep it reaches
+
+    def keep(step: Step) -> None:
+        if step.t_next in wanted:
+            states[step.t_next] = step.x
+
+    chain = [t for t in seq if t >= min(wanted)]  # no network call below the lowest stop
+    sample(eps_fn, x_T, chain, schedule, eta, variance, clip_x0, generator, callback=keep)
     x_ts, samples = [], []
     for t, gens in zip(wanted, continuation_generators, strict=True):
         start = states[t].expand(len(gens), *x_T.shape[1:]).clone()

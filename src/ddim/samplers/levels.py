@@ -19,14 +19,16 @@ Repeated timesteps (the quadratic rule at large S) are zero-length steps: a solv
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from typing import NamedTuple
 
 import torch
 
+from ddim.diffusion.forward import x0_from_eps
 from ddim.diffusion.schedule import Schedule
-from ddim.samplers.ddim import SamplerError, _sequence
+from ddim.samplers.base import Callback, FinalStep, Sampler, SamplerError, Step, increasing_sequence
 
 FINAL_STEPS = ("denoise", "none")
 
@@ -49,22 +51,14 @@ class Level(NamedTuple):
 CLEAN = Level(-1, 1.0, 0.0, math.inf)
 
 
-def check_final_step(final_step: str) -> str:
-    if final_step not in FINAL_STEPS:
-        raise SamplerError(
-            f"Unknown sampler.final_step {final_step!r}; choose 'denoise' (the last call maps x to its x0 "
-            "estimate) or 'none' (stop at the smallest timestep, one network call fewer)."
-        )
-    return final_step
-
-
 def solver_path(
     timesteps: torch.Tensor | Sequence[int], schedule: Schedule, final_step: str = "denoise"
 ) -> list[Level]:
     """Levels from the largest distinct timestep down to the end chosen by final_step (validated)."""
-    check_final_step(final_step)
+    if final_step not in FINAL_STEPS:
+        raise SamplerError(f"Unknown final_step {final_step!r}; choose one of {FINAL_STEPS}.")
     table = schedule.alphas_cumprod.tolist()
-    seq = sorted(set(_sequence(timesteps, schedule)), reverse=True)
+    seq = sorted(set(increasing_sequence(timesteps, schedule)), reverse=True)
     path = [Level(t, math.sqrt(table[t]), math.sqrt(1.0 - table[t]), lam(table[t])) for t in seq]
     if final_step == "denoise":
         return [*path, CLEAN]
@@ -81,14 +75,6 @@ def lam(a: float) -> float:
     return 0.5 * (math.log(a) - math.log1p(-a))
 
 
-def num_steps(timesteps: torch.Tensor | Sequence[int], schedule_or_T: Schedule | int, final_step: str) -> int:
-    """Steps of a solver path without building it (only the count of distinct timesteps matters)."""
-    distinct = len(
-        set(int(t) for t in (timesteps.tolist() if isinstance(timesteps, torch.Tensor) else timesteps))
-    )
-    return distinct - (final_step == "none")
-
-
 def multistep_order(order: int, k: int, n: int, lower_order_final: bool) -> int:
     """Order of step k of n: the history only allows k + 1 (warm-up); lower_order_final also lowers the
     last steps to the steps left (diffusers and the DPM-Solver reference do so for stability at few steps)."""
@@ -96,11 +82,41 @@ def multistep_order(order: int, k: int, n: int, lower_order_final: bool) -> int:
     return min(p, n - k) if lower_order_final else p
 
 
-def t_batch(t: int, x: torch.Tensor) -> torch.Tensor:
-    # A fresh tensor per call: eps_fn may keep a reference to it.
-    return torch.full((x.shape[0],), t, dtype=torch.int64, device=x.device)
+def report(
+    callback: Callback, k: int, s: Level, t: Level, x: torch.Tensor, x0_hat: torch.Tensor | None
+) -> torch.Tensor:
+    """Tell the callback about step k from level s to t (x0_hat None: the solver had no use for it); returns x."""
+    if callback is not None:
+        callback(Step(k, s.t, t.t, x, x0_hat))
+    return x
 
 
 def x0_estimate(x: torch.Tensor, eps: torch.Tensor, level: Level) -> torch.Tensor:
-    """(x - sigma eps) / alpha: the data prediction at a level."""
-    return torch.add(x, eps, alpha=-level.sigma).mul_(1.0 / level.alpha)
+    """The data prediction at a level (ddim.diffusion.forward.x0_from_eps)."""
+    return x0_from_eps(x, eps, level.alpha, level.sigma)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class PathSampler(Sampler):
+    """A sampler that walks solver_path: final_step = denoise (the last call maps x to its x0 estimate) or
+    none (stop at the smallest timestep, one network call fewer)."""
+
+    final_step: FinalStep = "denoise"
+
+    def path(self, schedule: Schedule) -> list[Level]:
+        return solver_path(self.sequence(schedule), schedule, self.final_step)
+
+    def check_schedule(self, schedule: Schedule) -> PathSampler:
+        self.path(schedule)
+        return self
+
+    def path_steps(self, schedule: Schedule) -> int:
+        """Steps of the path: one per distinct timestep, one fewer with final_step=none."""
+        return len(set(self.sequence(schedule))) - (self.final_step == "none")
+
+    def nfe(self, schedule: Schedule) -> int:
+        return self.path_steps(schedule)  # one call per step unless a solver says otherwise
+
+    def extras(self) -> list[str]:
+        lower_order_final = getattr(self, "lower_order_final", True)
+        return ["nolof"] * (not lower_order_final) + ["nodenoise"] * (self.final_step != "denoise")

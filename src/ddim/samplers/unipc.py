@@ -12,16 +12,46 @@ diffusers' UniPCMultistepScheduler (predict_x0=True), which the tests hold to 1e
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
+from typing import ClassVar, Literal
 
 import torch
 
 from ddim.diffusion.schedule import Schedule
-from ddim.samplers.ddim import EpsFn, SamplerError
-from ddim.samplers.levels import Level, multistep_order, solver_path, t_batch, x0_estimate
+from ddim.samplers.base import Callback, EpsFn, SamplerError, SkipType, t_batch
+from ddim.samplers.levels import Level, PathSampler, multistep_order, report, solver_path, x0_estimate
+from ddim.settings import Count
 
 VARIANTS = ("bh1", "bh2")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class UniPC(PathSampler):
+    """UniPC-p: UniP-p predictor + UniC corrector (order p + 1, no extra call), data prediction; variant:
+    bh2 (B(h) = expm1(-h), the paper's choice for unconditional sampling) | bh1 (B(h) = -h)."""
+
+    name: ClassVar[str] = "unipc"
+    steps: Count = 10
+    skip_type: SkipType = "logsnr"
+    order: Literal[1, 2, 3] = 2
+    variant: Literal[VARIANTS] = "bh2"
+    corrector: bool = True
+    lower_order_final: bool = True
+
+    def head(self) -> str:
+        return f"{self.name}{self.order}"
+
+    def extras(self) -> list[str]:
+        own = [self.variant] * (self.variant != "bh2") + ["nocorrector"] * (not self.corrector)
+        return own + super().extras()
+
+    def run(self, model, x_T, schedule, generator=None, callback=None) -> torch.Tensor:
+        return unipc(
+            model, x_T, self.sequence(schedule), schedule, self.order, self.variant, self.corrector,
+            self.lower_order_final, self.final_step, callback,
+        )  # fmt: skip
 
 
 def check_unipc_options(order: int, variant: str) -> None:
@@ -99,6 +129,7 @@ def unipc(
     corrector: bool = True,
     lower_order_final: bool = True,
     final_step: str = "denoise",
+    callback: Callback = None,
 ) -> torch.Tensor:
     """UniPC-p (UniP-p predictor, UniC corrector); corrector=False gives the plain UniP-p multistep solver."""
     check_unipc_options(order, variant)
@@ -109,8 +140,10 @@ def unipc(
         s, t = path[k], path[k + 1]
         eps = eps_fn(x, t_batch(s.t, x)).to(x.dtype)
         m = x0_estimate(x, eps, s)
-        if t.sigma == 0.0:
-            return m  # the corrected x would be multiplied by sigma_t = 0: the clean end is the x0 estimate
+        if (
+            t.sigma == 0.0
+        ):  # the corrected x would be multiplied by sigma_t = 0: the clean end is the x0 estimate
+            return report(callback, k, s, t, m, m)
         if corrector and prev is not None:
             x_start, p_prev = prev
             x = _update(x_start, outputs[-p_prev:], path[k - p_prev : k], s, variant, new_output=m)
@@ -118,4 +151,5 @@ def unipc(
         p = multistep_order(order, k, n, lower_order_final)
         prev = (x, p)
         x = _update(x, outputs[-p:], path[k - p + 1 : k + 1], t, variant)
+        report(callback, k, s, t, x, m)
     return x
