@@ -1,6 +1,7 @@
 """Train a DDPM epsilon-model: `python src/train.py experiment=cifar10` (see README for options)."""
 
 import logging
+from pathlib import Path
 
 from ddim.cpu_threads import use_passive_waiting
 
@@ -9,9 +10,11 @@ use_passive_waiting()  # before torch loads: OpenMP reads its settings once
 import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
-from ddim.hydra_utils import run_reporting_user_errors  # noqa: E402
+from ddim.hydra_utils import check_command_line, run_reporting_user_errors  # noqa: E402
+from ddim.training.checks import check_before_run  # noqa: E402
 from ddim.training.train import train  # noqa: E402
 
+CONF = Path(__file__).resolve().parent.parent / "conf"
 log = logging.getLogger("train")
 
 
@@ -21,4 +24,6 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    # Every setting of every job is checked before Hydra creates a folder: a mistake is one line, exit 2.
+    check_command_line(CONF, "train", check_before_run)
     main()

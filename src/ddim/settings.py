@@ -8,7 +8,8 @@ that uses a value is also the one place that says what the value may be.
 
 Annotations understood: int, float, bool, str, Path, None, Literal[...], X | Y, list[X] / tuple[X, ...] /
 Sequence[X], dict / Mapping / Any (anything goes), classes (isinstance), and Annotated[X, ...] with
-Range(...) (numeric bounds) and Nested(schema) (a mapping checked against another schema). A schema may
+Range(...) (numeric bounds), Nested(schema) (a mapping checked against another schema) and Checked(fn)
+(a value checked by a function of its own). A schema may
 add cross-field rules with a `check_settings(values)` callable that raises InvalidSetting(key, why).
 """
 
@@ -59,6 +60,8 @@ class Range:
         )
 
     def words(self) -> str:
+        if self.ge is not None and self.ge == self.le:
+            return f"equal to {self.ge:g}"
         lo = f"[{self.ge:g}" if self.ge is not None else f"({self.gt:g}" if self.gt is not None else None
         hi = f"{self.le:g}]" if self.le is not None else f"{self.lt:g})" if self.lt is not None else None
         if lo and hi:
@@ -73,6 +76,14 @@ class Nested:
     """A mapping setting checked against another schema (e.g. model.net against the U-Net's constructor)."""
 
     schema: Callable[..., Any]
+
+
+@dataclass(frozen=True)
+class Checked:
+    """A setting checked by a function of (value, full key) that raises SettingsError (e.g. a sampler node,
+    whose schema depends on the class its _target_ names)."""
+
+    check: Callable[[Any, str], Any]
 
 
 # Short names for the most common kinds of setting.
@@ -90,27 +101,38 @@ class Parameter:
     default: Any = _NO_DEFAULT
 
 
-def parameters(schema: Callable[..., Any]) -> dict[str, Parameter]:
-    """The settings a schema takes: keyword parameters of a function, constructor parameters of a class
-    (following **kwargs up the class's bases), fields of a dataclass."""
+def parameters(schema: Callable[..., Any]) -> dict[str, Parameter] | None:
+    """The settings a schema takes: keyword parameters of a function, constructor parameters of a class,
+    fields of a dataclass. None when it takes any keyword (**kwargs it passes on to code we cannot see);
+    the project's own classes are followed up their bases, where their **kwargs go."""
     if dataclasses.is_dataclass(schema):
-        hints = typing.get_type_hints(schema, include_extras=True)
+        hints = _hints(schema)
         return {
             f.name: Parameter(f.name, hints.get(f.name, Any), _field_default(f))
             for f in dataclasses.fields(schema)
             if f.init
         }
     found: dict[str, Parameter] = {}
-    targets = [c.__init__ for c in schema.__mro__ if "__init__" in vars(c)] if inspect.isclass(schema) else [schema]
-    for target in targets:
+    classes = [c for c in schema.__mro__ if "__init__" in vars(c)] if inspect.isclass(schema) else [schema]
+    for owner in classes:
+        target = owner.__init__ if inspect.isclass(owner) else owner
         params = inspect.signature(target).parameters.values()
-        hints = typing.get_type_hints(target, include_extras=True)
+        hints = _hints(target)
         for p in params:
             if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD) and p.name not in ("self", "ctx"):
                 found.setdefault(p.name, Parameter(p.name, hints.get(p.name, Any), p.default))
         if not any(p.kind is p.VAR_KEYWORD for p in params):
-            break
-    return found
+            return found
+        if not getattr(owner, "__module__", "").startswith("ddim."):
+            return None
+    return None
+
+
+def _hints(target: Any) -> dict[str, Any]:
+    try:
+        return typing.get_type_hints(target, include_extras=True)
+    except Exception:  # noqa: BLE001 - annotations naming optional packages (e.g. wandb's Run): take them as Any
+        return {}
 
 
 def _field_default(field: dataclasses.Field) -> Any:
@@ -136,26 +158,38 @@ def check(
     required: also refuse a parameter without a default that the node lacks. Keys like _target_ are skipped.
     """
     params = parameters(schema)
+    open_ended = params is None
+    params = params or {}
     for key, value in values.items():
         if key.startswith("_") and key.endswith("_"):
             continue
         if key not in params:
-            raise SettingsError(unknown_key_message(f"{path}.{key}", what or path, list(params)))
+            if open_ended:
+                continue
+            raise SettingsError(unknown_key_message(join(path, key), what or path, list(params)))
         annotation = (extra or {}).get(key, params[key].annotation)
-        check_value(annotation, value, f"{path}.{key}", params[key].default)
+        check_value(annotation, value, join(path, key), params[key].default)
     missing = [p.name for p in params.values() if p.default is _NO_DEFAULT and p.name not in values]
     if required and missing:
-        raise SettingsError(f"{path}.{missing[0]} is missing: {what or path} needs it; add {path}.{missing[0]}=...")
+        key = join(path, missing[0])
+        raise SettingsError(f"{key} is missing: {what or path} needs it; add {key}=...")
     rule = getattr(schema, "check_settings", None)
     if rule is not None:
         try:
             rule(dict(values))
         except InvalidSetting as err:
-            key = f"{path}.{err.key}"
-            raise SettingsError(f"{key}={_show(values.get(err.key))} is invalid: {err.why}") from None
+            raise SettingsError(
+                f"{join(path, err.key)}={_show(values.get(err.key))} is invalid: {err.why}"
+            ) from None
+
+
+def join(path: str, key: str) -> str:
+    """A key's full path: join("model.net", "ch") == "model.net.ch"; join("", "seed") == "seed"."""
+    return f"{path}.{key}" if path else key
 
 
 def unknown_key_message(key: str, owner: str, valid: Sequence[str]) -> str:
+    owner = owner or "the config"
     return f"{key} is not a setting of {owner}; its settings are: {', '.join(valid)}."
 
 
@@ -166,12 +200,14 @@ def check_value(annotation: Any, value: Any, key: str, example: Any = _NO_DEFAUL
         return
     where, wanted = problem
     hint = f", e.g. {key}={_show(example)}" if example not in (_NO_DEFAULT, None) and where == key else ""
-    raise SettingsError(f"{where}={_show(_value_at(value, key, where))} is invalid: it must be {wanted}{hint}.")
+    raise SettingsError(
+        f"{where}={_show(_value_at(value, key, where))} is invalid: it must be {wanted}{hint}."
+    )
 
 
 def _value_at(value: Any, key: str, where: str) -> Any:
     """The element of a list that failed, when the failure is inside one (where = key[i])."""
-    if where != key and where.startswith(key + "[") and isinstance(value, (list, tuple)):
+    if where != key and where.startswith(key + "[") and _is_list(value):
         return value[int(where[len(key) + 1 : where.index("]", len(key))])]
     return value
 
@@ -182,9 +218,14 @@ def _show(value: Any) -> str:
         return "null"
     if isinstance(value, bool):
         return str(value).lower()
-    if isinstance(value, (list, tuple)):
+    if _is_list(value):
         return "[" + ",".join(_show(v) for v in value) + "]"
     return str(value)
+
+
+def _is_list(value: Any) -> bool:
+    """A list of values as YAML or Hydra give it (list, tuple, OmegaConf's ListConfig), not a string."""
+    return isinstance(value, Sequence) and not isinstance(value, (str, bytes))
 
 
 def _mismatch(annotation: Any, value: Any, key: str) -> tuple[str, str] | None:
@@ -199,6 +240,8 @@ def _mismatch(annotation: Any, value: Any, key: str) -> tuple[str, str] | None:
                 return key, describe(annotation)
             if isinstance(meta, Nested) and value is not None:
                 check(meta.schema, value, key)
+            if isinstance(meta, Checked) and value is not None:
+                meta.check(value, key)
         return None
     if origin in (Union, types.UnionType):
         for option in args:
@@ -227,7 +270,7 @@ def _fits_shape(annotation: Any, origin: Any, args: tuple, value: Any) -> bool:
     if origin is Literal:
         return any(value == a and type(value) is type(a) for a in args)
     if origin in (list, tuple, Sequence):
-        return isinstance(value, (list, tuple))
+        return _is_list(value)
     if origin in (dict, Mapping) or annotation in (dict, Mapping):
         return isinstance(value, Mapping)
     if annotation is bool:
@@ -255,7 +298,10 @@ def describe(annotation: Any) -> str:
             return " or ".join(f"{describe(a)} {bounds[0]}" for a in options) + tail
         return f"{base} {bounds[0]}" if bounds else base
     if origin in (Union, types.UnionType):
-        options = [describe(a) for a in args if a is not type(None)]
+        choices = [c for a in args if typing.get_origin(a) is Literal for c in typing.get_args(a)]
+        options = [describe(a) for a in args if a is not type(None) and typing.get_origin(a) is not Literal]
+        if choices:  # several Literals (e.g. Lightning's precision) read as one list of choices
+            options.insert(0, "one of " + ", ".join(dict.fromkeys(_show(c) for c in choices)))
         text = " or ".join(dict.fromkeys(options))
         return text + " or null" if type(None) in args else text
     if origin is Literal:

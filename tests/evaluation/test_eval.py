@@ -308,26 +308,30 @@ def test_wandb_offline_logs_the_figure(tiny_ckpt, tmp_path, monkeypatch, eval_cf
 
 
 def test_every_task_has_a_module_a_registry_line_and_a_config(compose_config):
-    from ddim.evaluation.dispatch import task_options
-    from ddim.evaluation.tasks import TASKS, get_task
+    from ddim.evaluation.settings import check_eval_config
+    from ddim.evaluation.tasks import TASKS
 
     conf_tasks = sorted(p.stem for p in (Path(__file__).parents[2] / "conf" / "task").glob("*.yaml"))
     assert sorted(TASKS) == conf_tasks
     for name in conf_tasks:
-        cfg = compose_config(["ckpt=x", f"task={name}"], config_name="eval")
+        cfg = compose_config(["ckpt=x", f"task={name}", "paths.output_dir=out"], config_name="eval")
         assert cfg.task_type == name
-        task_options(cfg, name, get_task(name))  # the config node gives exactly run()'s keyword options
+        check_eval_config(cfg)  # the config node gives exactly run()'s keyword options, of their types
 
 
 def test_task_options_are_checked_by_name(compose_config):
     from ddim.errors import DDIMError
-    from ddim.evaluation.dispatch import task_options
+    from ddim.evaluation.settings import check_eval_config
     from ddim.evaluation.tasks import get_task
 
-    cfg = compose_config(["ckpt=x", "task=reconstruction", "+reconstruction.n_imgs=5"], config_name="eval")
+    cfg = compose_config(
+        ["ckpt=x", "task=reconstruction", "+reconstruction.n_imgs=5", "paths.output_dir=out"],
+        config_name="eval",
+    )
     with pytest.raises(
-        DDIMError, match=r"unknown reconstruction.n_imgs; its options are .*reconstruction.n_images"
+        DDIMError,
+        match=r"^reconstruction.n_imgs is not a setting of task=reconstruction; its settings are: steps, n_images",
     ):
-        task_options(cfg, "reconstruction", get_task("reconstruction"))
+        check_eval_config(cfg)
     with pytest.raises(DDIMError, match="Unknown task 'bpd'; choose task= one of fid, sample"):
         get_task("bpd")

@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader
 
 from ddim.diffusion.schedule import Schedule
 from ddim.images import upscale_factor
-from ddim.samplers import SamplerConfig, initial_noise, per_sample_generators
+from ddim.samplers import DDIM, initial_noise, per_sample_generators
 from ddim.training.sample_grid import SampleGrid
 
 
@@ -101,7 +101,7 @@ def test_grid_written_every_n_steps_and_at_the_end_and_sent_to_image_loggers(tmp
     gens = per_sample_generators(0, range(4))
     x_T = initial_noise((4, 1, 8, 8), gens)
     with torch.no_grad():
-        expected = SamplerConfig(**sampler).run(lambda x, t: module.ema_net(x), x_T, module.schedule, gens)
+        expected = DDIM(**sampler).run(lambda x, t: module.ema_net(x), x_T, module.schedule, gens)
     expected_pixels = ((expected.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
     pixels = np.asarray(Image.open(samples / "step_0000005.png"))
     k = upscale_factor(2 * 10 + 2)  # the grid is enlarged with nearest neighbour to be seen: k x k blocks

@@ -37,17 +37,20 @@ def _image_folder(root: Path) -> list[str]:
 
 CASES = {
     # name: (overrides, words the message must contain)
-    "negative learning rate": (["model.optim.lr=-1"], ["model.optim.lr=-1", "model.optim.lr=2e-4"]),
-    "max_steps not a number": (["trainer.max_steps=abc"], ["trainer.max_steps='abc'", "integer"]),
+    "negative learning rate": (
+        ["model.optim.lr=-1"],
+        ["model.optim.lr=-1 is invalid: it must be a number > 0"],
+    ),
+    "max_steps not a number": (["trainer.max_steps=abc"], ["trainer.max_steps=abc is invalid", "integer"]),
     "fractional max_steps": (["trainer.max_steps=1.5"], ["trainer.max_steps=1.5", "integer"]),
     "ema_decay of 1 or more": (["model.ema_decay=1.5"], ["model.ema_decay=1.5", "[0, 1)"]),
     "negative warm-up": (["model.optim.warmup_steps=-5"], ["model.optim.warmup_steps=-5"]),
     "zero accumulation": (["trainer.accumulate_grad_batches=0"], ["trainer.accumulate_grad_batches=0"]),
     "validation interval not a number": (["trainer.val_check_interval=abc"], ["trainer.val_check_interval"]),
-    "seed not a number": (["seed=abc"], ["seed='abc'"]),
+    "seed not a number": (["seed=abc"], ["seed=abc is invalid: it must be an integer >= 0 or null"]),
     "quickstart model with cifar10 data": (
         ["data=cifar10"],
-        ["data.image_size=8", "CIFAR10DataModule", "model and data disagree", "experiment=cifar10"],
+        ["data.image_size is not a setting of data", "its settings are: root, download, batch_size"],
     ),
     "run directory under a regular file": (["RUN_UNDER_FILE"], ["is a file, not a folder", "hydra.run.dir="]),
     "corrupt image in an image folder": (["IMAGE_FOLDER"], ["broken.png", "cannot be read as images"]),

@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from ddim.data.resumable import ResumableLoader
 from ddim.errors import DDIMError
 from ddim.images import from_pil
+from ddim.settings import Count, NonNegativeInt
 
 
 class DatasetNotFoundError(DDIMError, FileNotFoundError):
@@ -107,12 +108,12 @@ class ImageDataModule(pl.LightningDataModule):
 
     def __init__(
         self,
-        batch_size: int = 128,
-        num_workers: int = 4,
+        batch_size: Count = 128,
+        num_workers: NonNegativeInt = 4,
         flip: bool = True,
-        limit: int | None = None,
-        val_size: int = 256,
-        test_limit: int | None = None,
+        limit: Count | None = None,
+        val_size: NonNegativeInt = 256,
+        test_limit: Count | None = None,
         pin_memory: bool | None = None,
         persistent_workers: bool | None = None,
     ) -> None:

@@ -16,6 +16,7 @@ from ddim.data.base import (
     ImageFiles,
     resize,
 )
+from ddim.settings import Count
 
 # DDIM's CelebA crop (ermongroup/ddim datasets/__init__.py: cx=89, cy=121, Crop(x1=cy-64, x2=cy+64,
 # y1=cx-64, y2=cx+64) calls F.crop(img, top=57, left=25, height=128, width=128)) on the 178x218 aligned image.
@@ -47,7 +48,9 @@ class CelebA64DataModule(ImageDataModule):
 
     _SPLITS = {"train": "0", "valid": "1", "test": "2"}
 
-    def __init__(self, root: str = "data", download: bool = False, image_size: int = 64, **kwargs) -> None:
+    def __init__(
+        self, root: str | Path = "data", download: bool = False, image_size: Count = 64, **kwargs
+    ) -> None:
         super().__init__(**kwargs)
         self.root = str(root)
         self.download = bool(download)

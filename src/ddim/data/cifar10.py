@@ -19,7 +19,7 @@ from ddim.data.base import (
 class CIFAR10DataModule(ImageDataModule):
     """CIFAR10 32x32 via torchvision (50,000 train / 10,000 test), read from `<root>/cifar-10-batches-py/`."""
 
-    def __init__(self, root: str = "data/cifar10", download: bool = False, **kwargs) -> None:
+    def __init__(self, root: str | Path = "data/cifar10", download: bool = False, **kwargs) -> None:
         super().__init__(**kwargs)
         self.root = str(root)
         self.download = bool(download)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
@@ -11,6 +13,7 @@ from ddim.data.base import (
     ImageDataModule,
     TensorImages,
 )
+from ddim.settings import Count, Range
 
 
 class DigitsDataModule(ImageDataModule):
@@ -21,7 +24,9 @@ class DigitsDataModule(ImageDataModule):
     Flips default to off here: mirrored digits (2, 3, 7, ...) are not digits.
     """
 
-    def __init__(self, image_size: int = 16, num_test: int = 297, **kwargs) -> None:
+    def __init__(
+        self, image_size: Count = 16, num_test: Annotated[int, Range(ge=1, le=1796)] = 297, **kwargs
+    ) -> None:
         kwargs.setdefault("batch_size", 64)
         kwargs.setdefault("num_workers", 0)
         kwargs.setdefault("flip", False)

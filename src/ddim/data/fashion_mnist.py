@@ -17,6 +17,7 @@ from ddim.data.base import (
     TensorImages,
     to_unit_range,
 )
+from ddim.settings import Count
 
 FASHION_MNIST_DEBIAN_DIR = "/usr/share/datasets/fashion-mnist"
 
@@ -48,7 +49,7 @@ class FashionMNISTDataModule(ImageDataModule):
     and 32 suits the U-Net's downsampling); 28 keeps the originals; any other size resizes bilinearly.
     """
 
-    def __init__(self, root: str = FASHION_MNIST_DEBIAN_DIR, image_size: int = 32, **kwargs) -> None:
+    def __init__(self, root: str | Path = FASHION_MNIST_DEBIAN_DIR, image_size: Count = 32, **kwargs) -> None:
         kwargs.setdefault("batch_size", 64)
         kwargs.setdefault("num_workers", 0)
         super().__init__(**kwargs)

@@ -17,6 +17,7 @@ from ddim.data.base import (
     resize,
 )
 from ddim.data.image_check import check_images
+from ddim.settings import Count, NonNegativeInt
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 
@@ -37,10 +38,10 @@ class ImageFolderDataModule(ImageDataModule):
 
     def __init__(
         self,
-        root: str = "data/images",
-        image_size: int = 64,
-        test_root: str | None = None,
-        num_test: int = 0,
+        root: str | Path = "data/images",
+        image_size: Count = 64,
+        test_root: str | Path | None = None,
+        num_test: NonNegativeInt = 0,
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)

@@ -8,10 +8,12 @@ from __future__ import annotations
 import inspect
 import math
 from dataclasses import dataclass, field
+from typing import Annotated, Literal
 
 import torch
 
 from ddim.errors import DDIMError
+from ddim.settings import Count, Range
 
 SKIP_TYPES = ("uniform", "quadratic", "logsnr", "karras", "leading", "trailing")
 # Rules defined on the noise levels of the table rather than on timestep indices.
@@ -24,7 +26,10 @@ class ScheduleError(DDIMError, ValueError):
 
 
 def make_betas(
-    kind: str = "linear", num_timesteps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02
+    kind: Literal["linear", "cosine"] = "linear",
+    num_timesteps: Count = 1000,
+    beta_start: Annotated[float, Range(gt=0, lt=1)] = 1e-4,
+    beta_end: Annotated[float, Range(gt=0, lt=1)] = 0.02,
 ) -> torch.Tensor:
     """beta_1..beta_T as float64. "linear" is DDPM's schedule; "cosine" is Nichol & Dhariwal's (an option)."""
     if num_timesteps < 1:

@@ -2,14 +2,13 @@
 against that schedule, the image shape, the run's settings, and builders for the heavier resources (Trainer,
 data, metric scorer), so that tasks never read the Hydra config themselves.
 
-Order of work, so that a mistake costs nothing: the config and the checkpoint are checked and the sampler is
-validated here, before any task starts.
+Order of work, so that a mistake costs nothing: every setting is checked first (ddim.evaluation.settings),
+then the checkpoint is read and the sampler checked against its schedule here, before any task starts.
 """
 
 from __future__ import annotations
 
 import copy
-import dataclasses
 import inspect
 import logging
 from collections.abc import Callable
@@ -23,12 +22,14 @@ import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from ddim.config_checks import check_folder
 from ddim.diffusion.parameterization import ModelFn, ModelSpec
 from ddim.diffusion.schedule import Schedule
 from ddim.errors import DDIMError, user_error_in
-from ddim.evaluation.launch import build_trainer, check_folder_path, single_device
+from ddim.evaluation.launch import build_trainer, single_device
+from ddim.evaluation.settings import CheckedEval, EvalSettings
 from ddim.metrics.scoring import Scorer, prepare_scorer
-from ddim.samplers import SamplerConfig
+from ddim.samplers import Sampler
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +49,7 @@ class Generation:
 class EvalContext:
     net: ModelFn  # the network read through its parameterization: an eps function for the samplers
     schedule: Schedule
-    sampler: SamplerConfig  # validated against the schedule
+    sampler: Sampler  # checked against the schedule
     image_shape: tuple[int, int, int]  # (C, H, W) the network makes
     checkpoint: str
     output_dir: Path
@@ -60,27 +61,29 @@ class EvalContext:
     make_datamodule: Callable[[], Any]  # shape-checked against the checkpoint
     make_scorer: Callable[[bool], Scorer | None]  # argument: is this rank 0
 
-    def sampler_record(self, sampler: SamplerConfig) -> dict[str, Any]:
-        """The fields of metrics.json (and the sweep tables) that describe one sampler."""
+    def sampler_record(self, sampler: Sampler) -> dict[str, Any]:
+        """The fields of metrics.json (and the sweep tables) that describe one sampler; eta, variance and
+        clip_x0 are null for samplers without them (Table 1's rows are the DDIM family's)."""
         return {
-            "eta": float(sampler.eta),
+            "eta": getattr(sampler, "eta", None),
             "steps": int(sampler.steps) if sampler.timesteps is None else len(sampler.timesteps),
             "skip_type": sampler.skip_type if sampler.timesteps is None else "custom",
-            "variance": sampler.variance,
-            "clip_x0": bool(sampler.clip_x0),
+            "variance": getattr(sampler, "variance", None),
+            "clip_x0": getattr(sampler, "clip_x0", None),
             "sampler": sampler.name,
             "sampler_label": sampler.label(),
+            "sampler_settings": sampler.settings(),
             "nfe": sampler.nfe(self.schedule),
             "checkpoint": self.checkpoint,
             "seed": self.seed,
             "num_timesteps": self.schedule.num_timesteps,
         }
 
-    def identity(self, sampler: SamplerConfig) -> dict[str, Any]:
+    def identity(self, sampler: Sampler) -> dict[str, Any]:
         """What decides every pixel of a samples folder (its manifest guards resuming with other settings)."""
         return {
             "checkpoint": self.checkpoint,
-            "sampler": sampler.to_dict(),
+            "sampler": {"name": sampler.name, **sampler.settings()},
             "image_shape": list(self.image_shape),
             "schedule": [
                 float(self.schedule.betas[0]),
@@ -90,51 +93,9 @@ class EvalContext:
         }
 
 
-def sampler_from_config(node: Any) -> SamplerConfig:
-    values = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node)
-    try:
-        return SamplerConfig(**values)
-    except TypeError as err:
-        fields = [f.name for f in dataclasses.fields(SamplerConfig)]
-        raise DDIMError(f"Unknown sampler option in {sorted(values)}; valid keys are {fields}.") from err
-
-
-def positive_int(cfg: DictConfig, key: str, example: int) -> int:
-    value = OmegaConf.select(cfg, key)
-    try:
-        number = int(value) if not isinstance(value, bool) else None
-    except (TypeError, ValueError):
-        number = None
-    if number is None or number < 1 or number != value and str(number) != str(value).strip():
-        raise DDIMError(f"{key} must be a positive integer, got {value!r}: pass e.g. {key}={example}.")
-    return number
-
-
-def checked_sampler(sampler: SamplerConfig, schedule: Schedule) -> SamplerConfig:
-    """Validate, then dry-run the loop on one pixel with a zero network: step-level limits (an eta too
-    large for this schedule and sequence) fail here, before a manifest or an image is written."""
-    sampler = sampler.validate(schedule)
-    sampler.run(lambda x, t: torch.zeros_like(x), torch.zeros(1, 1, 1, 1, dtype=torch.float64), schedule)
-    return sampler
-
-
-def checkpoint_resolution(cfg: DictConfig, recorded: int | None) -> int | None:
+def checkpoint_resolution(resolution: int | None, recorded: int | None) -> int | None:
     """resolution= is only for files that do not record their image size; a trained size is fixed."""
-    value = cfg.get("resolution")
-    if value is None:
-        return None
-    try:
-        resolution = (
-            int(value) if not isinstance(value, bool) and str(int(value)) == str(value).strip() else 0
-        )
-    except (TypeError, ValueError):
-        resolution = 0
-    if resolution < 1:
-        raise DDIMError(
-            f"resolution must be a positive integer (the image size of a checkpoint that does not record it), "
-            f"got {value!r}: pass e.g. resolution=32, or drop it."
-        )
-    if recorded is not None and resolution != recorded:
+    if resolution is not None and recorded is not None and resolution != recorded:
         raise DDIMError(
             f"resolution={resolution} but the checkpoint's network was trained on {recorded}x{recorded} images and "
             "records it; a trained model's resolution is fixed: drop resolution=."
@@ -179,73 +140,69 @@ def make_datamodule(data_cfg: DictConfig | None, image_shape: tuple[int, int, in
     return datamodule
 
 
-def load_context(cfg: DictConfig) -> EvalContext:
-    """Read the checkpoint, build its network and schedule, validate the sampler: nothing is written yet
-    except the (empty) output directory."""
-    if OmegaConf.is_missing(cfg, "ckpt") or not cfg.get("ckpt"):
-        raise DDIMError(
-            "No checkpoint given: pass ckpt=PATH (our Lightning .ckpt, an original DDPM/DDIM .ckpt/.pth, or a "
-            "diffusers UNet2DModel folder), e.g. python src/eval.py ckpt=outputs/train/.../last.ckpt"
-        )
-    output_dir = Path(str(cfg.paths.output_dir))
-    generation = Generation(
-        n_samples=positive_int(cfg, "n_samples", 50000),
-        batch_size=positive_int(cfg, "batch_size", 256),
-        shard_size=positive_int(cfg, "shard_size", 1000),
-        grid_size=positive_int(cfg, "grid_size", 64),
-        samples_dir=Path(str(cfg.samples_dir)),
-    )
-    check_folder_path(output_dir, "hydra.run.dir (paths.output_dir)")
-    check_folder_path(generation.samples_dir, "samples_dir")
+def load_network(settings: EvalSettings, schedule_cfg: DictConfig) -> tuple[ModelFn, dict[str, Any], str]:
+    """The checkpoint's network read through its parameterization, its U-Net config and its path."""
     from ddim.checkpoints import build_unet, infer_unet_config, read_checkpoint
 
-    path = str(Path(str(cfg.ckpt)).expanduser())
-    ckpt = read_checkpoint(path, prefer_ema=bool(cfg.get("use_ema", True)))
-    recorded = ((ckpt.hyper_parameters or {}).get("net") or {}).get("resolution")
-    resolution = checkpoint_resolution(cfg, int(recorded) if recorded is not None else None)
+    path = str(Path(settings.ckpt).expanduser())
+    ckpt = read_checkpoint(path, prefer_ema=settings.use_ema)
+    hparams = ckpt.hyper_parameters or {}
+    recorded = (hparams.get("net") or {}).get("resolution")
+    resolution = checkpoint_resolution(settings.resolution, int(recorded) if recorded is not None else None)
     config = ckpt.config
     if resolution is not None and resolution != config["resolution"]:
         config = infer_unet_config(ckpt.state_dict, resolution)  # the same tensors at the given size
     unet = build_unet(ckpt.state_dict, config)
-    hparams = ckpt.hyper_parameters or {}
-    schedule_cfg = hparams.get("schedule") or OmegaConf.to_container(cfg.schedule, resolve=True)
+    # Checkpoints that do not carry a schedule (original DDPM/DDIM, diffusers files) use the configured one.
+    schedule_args = hparams.get("schedule") or OmegaConf.to_container(schedule_cfg, resolve=True)
     try:
-        schedule = Schedule.from_config(**schedule_cfg)
+        schedule = Schedule.from_config(**schedule_args)
     except (TypeError, ValueError) as err:
-        raise DDIMError(f"Bad noise schedule {schedule_cfg}: {err}") from err
-    # Read the output the way the model was trained (eps/x0/mu/v, learned variance); old files: eps.
-    net = ModelFn(unet, ModelSpec.from_hparams(hparams), schedule)
-    sampler = checked_sampler(sampler_from_config(cfg.sampler), schedule)
-    output_dir.mkdir(parents=True, exist_ok=True)  # Hydra makes it for CLI runs; the Python API may not
+        raise DDIMError(f"Bad noise schedule {schedule_args}: {err}") from err
     ema = {True: "EMA", False: "raw", None: "only"}[ckpt.ema]
     log.info(f"Checkpoint {path} ({ckpt.layout} layout, {ema} weights), T={schedule.num_timesteps}")
+    # Read the output the way the model was trained (eps/x0/mu/v, learned variance); old files: eps.
+    return ModelFn(unet, ModelSpec.from_hparams(hparams), schedule), config, path
 
-    channels, resolution = int(config.get("in_channels", 3)), int(config["resolution"])
-    image_shape = (channels, resolution, resolution)
-    data_cfg = data_for_checkpoint(cfg.get("data"), resolution)
+
+def load_context(cfg: DictConfig, checked: CheckedEval) -> EvalContext:
+    """Read the checkpoint, build its network and schedule, check the sampler against the schedule: nothing
+    is written yet except the (empty) output directory."""
+    settings = checked.settings
+    output_dir = Path(str(cfg.paths.output_dir))
+    check_folder(output_dir, "hydra.run.dir (paths.output_dir)")
+    check_folder(settings.samples_dir, "samples_dir")
+    net, config, path = load_network(settings, cfg.schedule)
+    sampler = checked.sampler.check_schedule(net.schedule)
+    output_dir.mkdir(parents=True, exist_ok=True)  # Hydra makes it for CLI runs; the Python API may not
+    image_shape = (int(config.get("in_channels", 3)), int(config["resolution"]), int(config["resolution"]))
+    data_cfg = data_for_checkpoint(cfg.get("data"), image_shape[-1])
     datamodule = partial(make_datamodule, data_cfg, image_shape)
-
-    def scorer(is_zero: bool) -> Scorer | None:
-        return prepare_scorer(
-            cfg.fid,
-            is_zero=is_zero,
-            datamodule=datamodule,
-            data_cfg=OmegaConf.to_container(data_cfg, resolve=True) if data_cfg else None,
-            data_dir=cfg.paths.data_dir,
-        )
-
+    scorer = partial(
+        prepare_scorer,
+        checked.fid,
+        datamodule=datamodule,
+        data_cfg=OmegaConf.to_container(data_cfg, resolve=True) if data_cfg else None,
+        data_dir=cfg.paths.data_dir,
+    )
     return EvalContext(
         net=net,
-        schedule=schedule,
+        schedule=net.schedule,
         sampler=sampler,
         image_shape=image_shape,
         checkpoint=path,
         output_dir=output_dir,
-        seed=int(cfg.seed),
-        generation=generation,
+        seed=settings.seed,
+        generation=Generation(
+            n_samples=settings.n_samples,
+            batch_size=settings.batch_size,
+            shard_size=settings.shard_size,
+            grid_size=settings.grid_size,
+            samples_dir=Path(settings.samples_dir),
+        ),
         data_target=data_cfg.get("_target_") if data_cfg else None,
         device=single_device(str(OmegaConf.select(cfg, "trainer.accelerator", default="auto"))),
         make_trainer=partial(build_trainer, cfg.trainer, output_dir),
         make_datamodule=datamodule,
-        make_scorer=scorer,
+        make_scorer=lambda is_zero: scorer(is_zero=is_zero),
     )

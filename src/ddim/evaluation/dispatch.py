@@ -3,39 +3,20 @@ own options, then write metrics.json (last, by rank 0, only when everything succ
 
 from __future__ import annotations
 
-import inspect
 import logging
 import time
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from ddim.errors import DDIMError
 from ddim.evaluation.context import load_context
 from ddim.evaluation.reports.results import TaskResult, report
+from ddim.evaluation.settings import check_eval_config
 from ddim.evaluation.tasks import get_task
 from ddim.hydra_utils import instantiate_group
 from ddim.io import write_json
 
 log = logging.getLogger(__name__)
-
-
-def task_options(cfg: DictConfig, name: str, task: Any) -> dict[str, Any]:
-    """The task's own config node (`<name>:`) as keyword arguments, checked against run()'s signature."""
-    params = [p.name for p in inspect.signature(task).parameters.values() if p.kind is p.KEYWORD_ONLY]
-    if not params:
-        return {}
-    node = cfg.get(name)
-    options = OmegaConf.to_container(node, resolve=True) if node is not None else {}
-    unknown = sorted(set(options) - set(params))
-    missing = sorted(set(params) - set(options))
-    if unknown or missing:
-        what = f"unknown {', '.join(f'{name}.{k}' for k in unknown)}" if unknown else ""
-        what += ("; " if unknown and missing else "") + (
-            f"missing {', '.join(f'{name}.{k}' for k in missing)}" if missing else ""
-        )
-        raise DDIMError(f"task={name}: {what}; its options are {', '.join(f'{name}.{p}' for p in params)}.")
-    return options
 
 
 def finish(cfg: DictConfig, output_dir: Any, result: TaskResult) -> dict[str, Any]:
@@ -57,12 +38,11 @@ def finish(cfg: DictConfig, output_dir: Any, result: TaskResult) -> dict[str, An
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Run the configured task (cfg.task_type) and return what it measured (empty on non-zero ranks)."""
-    name = str(cfg.get("task_type", "fid"))
-    task = get_task(name)
-    options = task_options(cfg, name, task)
+    checked = check_eval_config(cfg)
+    name = checked.settings.task_type
     start = time.perf_counter()
-    ctx = load_context(cfg)
-    result = task(ctx, **options)
+    ctx = load_context(cfg, checked)
+    result = get_task(name)(ctx, **checked.task_options)
     if result is None:
         return {}
     record = finish(cfg, ctx.output_dir, result)

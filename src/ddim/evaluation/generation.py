@@ -30,7 +30,7 @@ from ddim.metrics.shards import (
     shard_problems,
     write_shard,
 )
-from ddim.samplers import SamplerConfig, initial_noise, per_sample_generators
+from ddim.samplers import Sampler, initial_noise, per_sample_generators
 
 log = logging.getLogger(__name__)
 
@@ -58,14 +58,14 @@ def pending_chunks(root: Path, plan: ShardPlan, batch_size: int, rank: int, worl
 
 
 class SampleWriter(pl.LightningModule):
-    """Wraps any eps-network, a schedule and a SamplerConfig; predict_step makes one batch, and a shard is
+    """Wraps any eps-network, a schedule and a Sampler; predict_step makes one batch, and a shard is
     written (atomically) as soon as its last batch is done."""
 
     def __init__(
         self,
         net: torch.nn.Module,
         schedule: Schedule,
-        sampler: SamplerConfig,
+        sampler: Sampler,
         image_shape: tuple[int, int, int],
         out_dir: str | Path,
         plan: ShardPlan,
@@ -75,7 +75,7 @@ class SampleWriter(pl.LightningModule):
         super().__init__()
         self.net = net
         self.schedule = schedule
-        self.sampler = sampler.validate(schedule)
+        self.sampler = sampler
         self.image_shape = tuple(image_shape)
         self.out_dir = Path(out_dir)
         self.plan = plan
@@ -139,7 +139,7 @@ def generate_samples(
     trainer: pl.Trainer,
     net: torch.nn.Module,
     schedule: Schedule,
-    sampler: SamplerConfig,
+    sampler: Sampler,
     image_shape: tuple[int, int, int],
     out_dir: str | Path,
     n_samples: int,

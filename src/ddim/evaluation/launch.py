@@ -14,8 +14,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from ddim.errors import DDIMError
-from ddim.io import file_in_the_way
-from ddim.samplers import SamplerConfig
+from ddim.samplers.base import sampler_from_settings
 
 log = logging.getLogger(__name__)
 
@@ -48,24 +47,10 @@ def job_dir_name(sampler: Any, overrides: str) -> str:
     colliding with job 0, 1, ..., and rerunning the same job resumes its own samples."""
     try:
         values = OmegaConf.to_container(sampler, resolve=True) if isinstance(sampler, DictConfig) else sampler
-        tag = SamplerConfig(**values).tag()
+        tag = sampler_from_settings(values).tag()
     except Exception:  # noqa: BLE001 - a bad sampler fails in the job itself, with its own message
         tag = "job"
     return f"{tag}-{hashlib.sha1(str(overrides).encode()).hexdigest()[:8]}"
-
-
-def check_folder_path(path: Path, key: str) -> None:
-    """Refuse a folder path below a regular file before anything is written (mkdir would fail mid-run)."""
-    blocker = file_in_the_way(path)
-    if blocker is not None:
-        raise DDIMError(
-            f"{key}={path} lies under {blocker}, which is a file, not a folder: choose another {key}."
-        )
-
-
-def check_output_folder(config: DictConfig, folder_key: str) -> None:
-    """The check conf/eval.yaml's CheckBeforeRun callback runs before Hydra creates the run or sweep folder."""
-    check_folder_path(Path(str(OmegaConf.select(config, folder_key))), folder_key)
 
 
 def register_resolvers() -> None:

@@ -3,20 +3,20 @@ before any sample is generated, then applied to the written sample files."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import hydra
 import torch
-from omegaconf import DictConfig
 
 from ddim.errors import DDIMError
 from ddim.metrics.fid import FID_LAYER, IS_LAYER, Statistics, compute_metrics, extract_features
-from ddim.metrics.inception import build_inception, resolve_inception_weights
+from ddim.metrics.inception import WEIGHT_SOURCES, build_inception, resolve_inception_weights
 from ddim.metrics.reference import reference_statistics
 from ddim.metrics.shards import ShardImages
+from ddim.settings import Count, NonNegativeInt
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -55,8 +55,29 @@ def metric_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+@dataclass(frozen=True, kw_only=True)
+class FIDSettings:
+    """The fid config group (conf/fid/inception.yaml holds the defaults and says what each key does)."""
+
+    weights: Literal[WEIGHT_SOURCES]
+    weights_path: str | None
+    detector_path: str | None
+    download: bool
+    cache_dir: str
+    reference: str  # "data", "cifar10-train" or a path to an .npz holding mu and sigma
+    reference_limit: Count | None
+    isc: bool
+    kid: bool
+    kid_subsets: Count
+    kid_subset_size: Count
+    batch_size: Count
+    num_workers: NonNegativeInt
+    device: str
+    feature_extractor: Mapping[str, Any] | None
+
+
 def prepare_scorer(
-    fid_cfg: DictConfig,
+    f: FIDSettings,
     *,
     is_zero: bool,
     datamodule: Callable[[], Any],
@@ -66,42 +87,33 @@ def prepare_scorer(
     """Resolve weights on every rank (so each fails fast), build the extractor and statistics on rank 0.
 
     `datamodule` builds the (shape-checked) data module, needed only for fid.reference=data."""
-    f = fid_cfg
-    isc, kid = bool(f.get("isc", False)), bool(f.get("kid", False))
-    custom = f.get("feature_extractor")
-    reference_src = str(f.get("reference", "data"))
-    dm = datamodule() if reference_src == "data" else None
+    dm = datamodule() if f.reference == "data" else None
     weights = None
-    if not custom:
+    if not f.feature_extractor:
         weights = resolve_inception_weights(
-            str(f.get("weights", "auto")),
-            f.get("weights_path"),
-            f.get("detector_path"),
-            f.cache_dir,
-            bool(f.download),
+            f.weights, f.weights_path, f.detector_path, f.cache_dir, f.download
         )
-        if isc and not weights.has_logits:
+        if f.isc and not weights.has_logits:
             build_inception(weights, isc=True)  # raises the "no logits" message
     if not is_zero:
         return None
-    device = metric_device(str(f.get("device", "auto")))
-    if custom:
-        extractor = hydra.utils.instantiate(custom, _convert_="all")
+    device = metric_device(f.device)
+    if f.feature_extractor:
+        extractor = hydra.utils.instantiate(f.feature_extractor, _convert_="all")
         name = extractor.get_name()
         fid_layer = extractor.get_default_feature_layer_for_metric("fid")
-        if isc and IS_LAYER not in extractor.get_requested_features_list():
+        if f.isc and IS_LAYER not in extractor.get_requested_features_list():
             raise DDIMError(
                 f"fid.isc=true but the feature extractor {name} provides no {IS_LAYER!r} features."
             )
         desc = name
     else:
         assert weights is not None
-        extractor = build_inception(weights, isc=isc)
+        extractor = build_inception(weights, isc=f.isc)
         name, fid_layer = "inception-2015-12-05", FID_LAYER
         desc = f"{name} ({weights.source})"
-    batch_size, num_workers = int(f.batch_size), int(f.get("num_workers", 0))
     reference, reference_desc = reference_statistics(
-        reference_src,
+        f.reference,
         extractor,
         name,
         f.cache_dir,
@@ -109,12 +121,12 @@ def prepare_scorer(
         datamodule=dm,
         data_cfg=data_cfg if dm is not None else None,
         data_dir=data_dir,
-        limit=f.get("reference_limit"),
-        keep_features=kid,
-        download=bool(f.download),
-        batch_size=batch_size,
+        limit=f.reference_limit,
+        keep_features=f.kid,
+        download=f.download,
+        batch_size=f.batch_size,
         device=device,
-        num_workers=num_workers,
+        num_workers=f.num_workers,
     )
     return Scorer(
         extractor=extractor,
@@ -122,11 +134,11 @@ def prepare_scorer(
         fid_layer=fid_layer,
         reference=reference,
         reference_desc=reference_desc,
-        isc=isc,
-        kid=kid,
-        kid_subsets=int(f.get("kid_subsets", 100)),
-        kid_subset_size=int(f.get("kid_subset_size", 1000)),
-        batch_size=batch_size,
-        num_workers=num_workers,
+        isc=f.isc,
+        kid=f.kid,
+        kid_subsets=f.kid_subsets,
+        kid_subset_size=f.kid_subset_size,
+        batch_size=f.batch_size,
+        num_workers=f.num_workers,
         device=device,
     )

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import Annotated, Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from ddim.settings import Count, InvalidSetting, Range
 
 
 def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
@@ -98,22 +100,20 @@ class UNet(nn.Module):
 
     def __init__(
         self,
-        in_channels: int = 3,
-        out_channels: int = 3,
-        resolution: int = 32,
-        ch: int = 128,
-        ch_mult: Sequence[int] = (1, 2, 2, 2),
-        num_res_blocks: int = 2,
-        attn_resolutions: Sequence[int] = (16,),
-        dropout: float = 0.1,
+        in_channels: Count = 3,
+        out_channels: Count = 3,
+        resolution: Count = 32,
+        ch: Count = 128,
+        ch_mult: Sequence[Count] = (1, 2, 2, 2),
+        num_res_blocks: Count = 2,
+        attn_resolutions: Sequence[Count] = (16,),
+        dropout: Annotated[float, Range(ge=0, lt=1)] = 0.1,
     ):
         super().__init__()
-        if resolution % 2 ** (len(ch_mult) - 1):
-            raise ValueError(
-                f"resolution {resolution} must be divisible by 2^{len(ch_mult) - 1} for ch_mult {tuple(ch_mult)}."
-            )
-        if ch % 32:
-            raise ValueError(f"ch must be a multiple of 32 (GroupNorm uses 32 groups), got {ch}.")
+        try:  # attention at no level's resolution is refused for new runs only: old checkpoints may have it
+            UNet.check_settings(dict(resolution=resolution, ch=ch, ch_mult=ch_mult, attn_resolutions=()))
+        except InvalidSetting as err:
+            raise ValueError(f"{err.key}: {err.why}") from None
         # The constructor arguments as plain JSON/YAML values (diffusers' register_to_config does the same):
         # checkpoints store this dict, so a network is rebuilt from its record, not guessed from tensor shapes.
         self.config: dict[str, Any] = {
@@ -174,6 +174,26 @@ class UNet(nn.Module):
 
         self.norm_out = group_norm(block_in)
         self.conv_out = nn.Conv2d(block_in, out_channels, 3, padding=1)
+
+    @staticmethod
+    def check_settings(values: dict[str, Any]) -> None:
+        """What the types alone do not say: the levels must fit the resolution, and ch the 32-group norm."""
+        resolution, ch_mult = values.get("resolution", 32), list(values.get("ch_mult", (1, 2, 2, 2)))
+        if resolution % 2 ** (len(ch_mult) - 1):
+            raise InvalidSetting(
+                "resolution", f"{len(ch_mult)} levels (ch_mult) halve it {len(ch_mult) - 1} times, so it must be "
+                f"divisible by {2 ** (len(ch_mult) - 1)}"
+            )  # fmt: skip
+        if values.get("ch", 128) % 32:
+            raise InvalidSetting(
+                "ch", "it must be a multiple of 32 (GroupNorm uses 32 groups), e.g. 32, 64, 128"
+            )
+        levels = [resolution // 2**i for i in range(len(ch_mult))]
+        unknown = [r for r in values.get("attn_resolutions", (16,)) if r not in levels]
+        if unknown:
+            raise InvalidSetting(
+                "attn_resolutions", f"{unknown} matches no level's resolution; the levels are {levels}"
+            )
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         if t.ndim == 0:

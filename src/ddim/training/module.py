@@ -10,8 +10,9 @@ Built from plain config values only, so `DiffusionModule.load_from_checkpoint(pa
 from __future__ import annotations
 
 import copy
+import dataclasses
 import warnings
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import pytorch_lightning as pl
 import torch
@@ -20,6 +21,8 @@ from ddim.diffusion.forward import q_sample, sample_t
 from ddim.diffusion.likelihood import is_discrete
 from ddim.diffusion.objectives import (
     HISTORY_PER_TIMESTEP,
+    LOSSES,
+    TIMESTEP_SAMPLERS,
     NonDiscreteDataError,
     check_loss,
     check_timestep_sampler,
@@ -28,12 +31,28 @@ from ddim.diffusion.objectives import (
     needs_discrete_data,
     update_history,
 )
-from ddim.diffusion.parameterization import ModelFn, ModelSpec
-from ddim.diffusion.schedule import Schedule, schedule_config
+from ddim.diffusion.parameterization import PARAMETERIZATIONS, VARIANCES, ModelFn, ModelSpec
+from ddim.diffusion.schedule import Schedule, make_betas, schedule_config
 from ddim.errors import DDIMError
 from ddim.nets.unet import UNet
+from ddim.settings import Nested, NonNegative, NonNegativeInt, Positive, Range
 
-DEFAULT_OPTIM = {"lr": 2e-4, "betas": [0.9, 0.999], "eps": 1e-8, "weight_decay": 0.0, "warmup_steps": 5000}
+Beta = Annotated[float, Range(ge=0, lt=1)]
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Optim:
+    """Adam with DDPM's linear warm-up, lr * min(step / warmup_steps, 1); the defaults are the CIFAR10 recipe."""
+
+    lr: Positive = 2e-4
+    betas: tuple[Beta, Beta] = (0.9, 0.999)
+    eps: Positive = 1e-8
+    weight_decay: NonNegative = 0.0
+    warmup_steps: NonNegativeInt = 5000
+
+    def record(self) -> dict[str, Any]:
+        """As the checkpoint's hyper-parameters store it (plain values, betas a list)."""
+        return {**dataclasses.asdict(self), "betas": list(self.betas)}
 
 
 def _plain(value: Any) -> Any:
@@ -67,16 +86,16 @@ def _with_output_channels(net: dict, spec: ModelSpec) -> dict:
 class DiffusionModule(pl.LightningModule):
     def __init__(
         self,
-        net: dict,
-        schedule: dict | None = None,
-        optim: dict | None = None,
-        ema_decay: float = 0.9999,
+        net: Annotated[dict, Nested(UNet)],
+        schedule: Annotated[dict | None, Nested(make_betas)] = None,
+        optim: Annotated[dict | None, Nested(Optim)] = None,
+        ema_decay: Annotated[float, Range(ge=0, lt=1)] = 0.9999,
         channels_last: bool = False,
         compile: bool = False,
-        parameterization: str = "eps",
-        variance: str = "fixed_large",
-        loss: str = "simple",
-        timestep_sampler: str = "uniform",
+        parameterization: Literal[PARAMETERIZATIONS] = "eps",
+        variance: Literal[VARIANCES] = "fixed_large",
+        loss: Literal[LOSSES] = "simple",
+        timestep_sampler: Literal[TIMESTEP_SAMPLERS] = "uniform",
     ):
         super().__init__()
         net, schedule, optim = _plain(net), _plain(schedule), _plain(optim)
@@ -85,7 +104,7 @@ class DiffusionModule(pl.LightningModule):
         check_timestep_sampler(timestep_sampler, loss)
         net = _with_output_channels(dict(net), self.spec)
         schedule = schedule_config(**(schedule or {}))
-        optim = {**DEFAULT_OPTIM, **(optim or {})}
+        optim = Optim(**(optim or {})).record()
         if not 0.0 <= ema_decay < 1.0:
             raise ValueError(f"ema_decay must be in [0, 1), got {ema_decay}.")
         self.net = UNet(**net)
@@ -127,6 +146,15 @@ class DiffusionModule(pl.LightningModule):
         if compile:
             # In-place compile keeps the state_dict keys unchanged, so checkpoints stay portable.
             self.net.compile()
+
+    @staticmethod
+    def check_settings(values: dict[str, Any]) -> None:
+        """The settings that must agree with each other (the loss with the variance, the output channels)."""
+        spec = ModelSpec(values.get("parameterization", "eps"), values.get("variance", "fixed_large"))
+        loss = values.get("loss", "simple")
+        check_loss(loss, spec)
+        check_timestep_sampler(values.get("timestep_sampler", "uniform"), loss)
+        _with_output_channels(dict(values.get("net") or {}), spec)
 
     @property
     def image_shape(self) -> tuple[int, int, int]:

@@ -6,16 +6,24 @@ import logging
 import math
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.loggers import TensorBoardLogger
 
 from ddim.images import make_grid, save_grid
-from ddim.samplers import SamplerConfig, SamplerError, initial_noise, per_sample_generators
+from ddim.samplers import Sampler, SamplerError, initial_noise, per_sample_generators
+from ddim.samplers.base import sampler_from_settings
+from ddim.settings import Checked, Count, Seed
 
 log = logging.getLogger(__name__)
+
+
+def grid_sampler(settings: Mapping[str, Any], key: str) -> Sampler:
+    """The grid's sampler; a mapping without _target_ (the Python API) means the DDIM family (conf/ composes
+    conf/sampler/ddim.yaml, so the settings are named in one place)."""
+    return sampler_from_settings({"_target_": "ddim.samplers.ddim.DDIM", **dict(settings)}, key)
 
 
 class SampleGrid(pl.Callback):
@@ -29,11 +37,11 @@ class SampleGrid(pl.Callback):
 
     def __init__(
         self,
-        every_n_steps: int = 5000,
-        n_samples: int = 64,
-        seed: int = 0,
-        sampler: Mapping[str, Any] | None = None,
-        nrow: int | None = None,
+        every_n_steps: Count = 5000,
+        n_samples: Count = 64,
+        seed: Seed = 0,
+        sampler: Annotated[Mapping[str, Any] | None, Checked(grid_sampler)] = None,
+        nrow: Count | None = None,
     ) -> None:
         if int(every_n_steps) < 1 or int(n_samples) < 1:
             raise SamplerError(
@@ -42,14 +50,14 @@ class SampleGrid(pl.Callback):
         self.every_n_steps = int(every_n_steps)
         self.n_samples = int(n_samples)
         self.seed = int(seed)
-        self.sampler = SamplerConfig(**dict(sampler or {}))
+        self.sampler = grid_sampler(sampler or {}, "callbacks.sample_grid.sampler")
         self.nrow = nrow or math.ceil(math.sqrt(self.n_samples))
         self.last_path: Path | None = None
         self._last_step = -1
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         # Fail before training starts, not after the first N steps.
-        self.sampler.validate(pl_module.schedule)
+        self.sampler.check_schedule(pl_module.schedule)
 
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int

@@ -17,7 +17,7 @@ from ddim.cpu_threads import describe_threads, set_cpu_threads
 from ddim.errors import DDIMError
 from ddim.hydra_utils import instantiate_group
 from ddim.io import write_json
-from ddim.training.checks import check_train_config, instantiate_data
+from ddim.training.checks import check_train_config
 from ddim.training.random_streams import RandomStreams
 
 log = logging.getLogger(__name__)
@@ -33,7 +33,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if cfg.get("seed") is not None:
         pl.seed_everything(cfg.seed, workers=True)
 
-    datamodule = instantiate_data(cfg)
+    datamodule: pl.LightningDataModule = hydra.utils.instantiate(cfg.data, _convert_="all")
     model: pl.LightningModule = hydra.utils.instantiate(cfg.model, _convert_="all")
     if tuple(datamodule.image_shape) != tuple(model.image_shape):
         raise DDIMError(

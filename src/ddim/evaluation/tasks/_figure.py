@@ -8,10 +8,11 @@ from typing import Any
 
 import torch
 
+from ddim.errors import DDIMError
 from ddim.evaluation.context import EvalContext
 from ddim.evaluation.reports.results import TaskResult
 from ddim.images import save_grid
-from ddim.samplers import initial_noise, per_sample_generators
+from ddim.samplers import Sampler, initial_noise, per_sample_generators
 
 
 def latents(ctx: EvalContext, n: int) -> tuple[torch.Tensor, list[torch.Generator]]:
@@ -22,6 +23,16 @@ def latents(ctx: EvalContext, n: int) -> tuple[torch.Tensor, list[torch.Generato
 
 def network(ctx: EvalContext) -> torch.nn.Module:
     return ctx.net.to(ctx.device).eval()
+
+
+def deterministic_sampler(ctx: EvalContext, task: str) -> Sampler:
+    """The run's sampler, refused if it adds noise: these figures compare deterministic decodings of x_T."""
+    if ctx.sampler.stochastic:
+        raise DDIMError(
+            f"task={task} decodes x_T deterministically, but sampler {ctx.sampler.tag()} adds noise: use "
+            "sampler=ddim (eta 0, the paper's) or another deterministic sampler (dpm_solver_pp, unipc, heun, ...)."
+        )
+    return ctx.sampler
 
 
 def figure_result(

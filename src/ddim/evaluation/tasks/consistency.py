@@ -1,4 +1,5 @@
-"""task=consistency (DDIM Fig. 5): the same x_T decoded with each S (eta = 0); high-level features agree."""
+"""task=consistency (DDIM Fig. 5): the same x_T decoded with each S by the configured deterministic sampler
+(the paper's: DDIM, eta = 0); high-level features agree."""
 
 from __future__ import annotations
 
@@ -9,14 +10,15 @@ import torch
 
 from ddim.evaluation.context import EvalContext
 from ddim.evaluation.reports.results import TaskResult
-from ddim.evaluation.tasks._figure import figure_result, latents, network
+from ddim.evaluation.tasks._figure import deterministic_sampler, figure_result, latents, network
 from ddim.samplers import consistency
+from ddim.settings import Count
 
 
 @torch.inference_mode()
-def run(ctx: EvalContext, *, n_samples: int, steps: Sequence[int]) -> TaskResult:
+def run(ctx: EvalContext, *, n_samples: Count, steps: Sequence[Count]) -> TaskResult:
     t0 = time.perf_counter()
     x_T, _ = latents(ctx, int(n_samples))
     steps = [int(s) for s in steps]
-    grid = consistency(network(ctx), x_T, steps, ctx.sampler.skip_type, ctx.schedule)
+    grid = consistency(deterministic_sampler(ctx, "consistency"), network(ctx), x_T, steps, ctx.schedule)
     return figure_result(ctx, "consistency", grid, {"n_samples": int(n_samples), "steps_list": steps}, t0)

@@ -17,13 +17,13 @@ from ddim.evaluation.reports.results import TaskResult
 from ddim.images import save_grid
 from ddim.metrics.scoring import Scorer
 from ddim.metrics.shards import ShardImages, ShardPlan, read_images
-from ddim.samplers import SamplerConfig
+from ddim.samplers import Sampler
 
 log = logging.getLogger(__name__)
 
 
 def generate_point(
-    ctx: EvalContext, trainer: pl.Trainer, sampler: SamplerConfig, samples_dir: Path, scorer: Scorer | None
+    ctx: EvalContext, trainer: pl.Trainer, sampler: Sampler, samples_dir: Path, scorer: Scorer | None
 ) -> dict[str, Any] | None:
     """Generate (all ranks), then on rank 0 draw the grid, score and describe the point. None on other ranks."""
     g = ctx.generation

@@ -19,7 +19,7 @@ import logging
 import math
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pytorch_lightning as pl
 import torch
@@ -44,6 +44,7 @@ from ddim.evaluation.reports.results import TaskResult, write_figure
 from ddim.io import save_tensors, write_text
 from ddim.metrics.shards import ShardPlan
 from ddim.samplers import per_sample_generators
+from ddim.settings import Count
 
 MODES = ("exact", "mc")
 SPLITS = ("test", "train")
@@ -148,28 +149,26 @@ class BoundWriter(pl.LightningModule):
 def measure(
     ctx: EvalContext,
     *,
-    split: str,
-    n_images: int | None,
-    mode: str,
-    timesteps_per_image: int,
-    batch_size: int,
-    max_batch: int,
+    split: Literal[SPLITS],
+    n_images: Count | None,
+    mode: Literal[MODES],
+    timesteps_per_image: Count,
+    batch_size: Count,
+    max_batch: Count,
     clip_x0: bool,
+    task: str = "nll",
 ) -> tuple[BoundTerms, dict[str, Any]] | None:
     """The bound terms of the first n_images of the split, from (or into) one file per batch of images, on
     every rank of the configured Trainer; rank 0 reads them all (None on the other ranks)."""
-    if mode not in MODES:
-        raise DDIMError(f"nll.mode must be 'exact' (all T terms) or 'mc' (K random timesteps), got {mode!r}.")
-    if mode == "mc" and int(timesteps_per_image) < 1:
-        raise DDIMError(f"nll.timesteps_per_image must be >= 1, got {timesteps_per_image!r}.")
-    if int(batch_size) < 1 or int(max_batch) < 1:
-        raise DDIMError(f"nll.batch_size and nll.max_batch must be >= 1, got {batch_size!r}, {max_batch!r}.")
-    dataset = split_dataset(ctx, split)
-    n = len(dataset) if n_images is None else min(int(n_images), len(dataset))
-    if n < 1:
-        raise DDIMError(f"nll.n_images must be >= 1, got {n_images!r}.")
-    _check_discrete(image_batch(dataset, 0, 1))  # before any process starts
     T = ctx.schedule.num_timesteps
+    if mode == "mc" and timesteps_per_image > T - 1:
+        raise DDIMError(
+            f"nll.timesteps_per_image={timesteps_per_image} is more than the checkpoint's T - 1 = {T - 1} KL terms: "
+            "use nll.mode=exact for all of them, or fewer timesteps."
+        )
+    dataset = split_dataset(ctx, split, task)
+    n = len(dataset) if n_images is None else min(n_images, len(dataset))
+    _check_discrete(image_batch(dataset, 0, 1))  # before any process starts
     draws = kl_strata(T, int(timesteps_per_image)).numel() - 1 if mode == "mc" else T - 1
     tag = f"{split}_{mode}" + (f"{draws}strata" if mode == "mc" else "")
     folder = ctx.output_dir / "nll" / f"{tag}_seed{ctx.seed}{'_clip' if clip_x0 else ''}"
@@ -250,12 +249,12 @@ def _plot_terms(path: Path, rows: list[dict[str, Any]]) -> Path:
 def run(
     ctx: EvalContext,
     *,
-    split: str,
-    n_images: int | None,
-    mode: str,
-    timesteps_per_image: int,
-    batch_size: int,
-    max_batch: int,
+    split: Literal[SPLITS],
+    n_images: Count | None,
+    mode: Literal[MODES],
+    timesteps_per_image: Count,
+    batch_size: Count,
+    max_batch: Count,
     clip_x0: bool,
 ) -> TaskResult | None:
     t0 = time.perf_counter()

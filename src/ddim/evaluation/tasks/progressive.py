@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
 
 import torch
 
@@ -21,9 +23,10 @@ from ddim.errors import DDIMError
 from ddim.evaluation.context import EvalContext
 from ddim.evaluation.reports.results import TaskResult
 from ddim.evaluation.tasks._figure import latents, network
-from ddim.evaluation.tasks.nll import image_batch, split_dataset
+from ddim.evaluation.tasks.nll import SPLITS, image_batch, split_dataset
 from ddim.images import save_grid
 from ddim.samplers import denoise_from, initial_noise, per_sample_generators, progressive, shared_latents
+from ddim.settings import Count, NonNegativeInt
 
 # Continuation c of stop k draws from the generator of sample index CONTINUATION_INDEX + k * n + c: far above
 # any sample index a run makes, so continuations never replay the noise of task=sample's images.
@@ -47,12 +50,6 @@ def _timesteps(values: Sequence[int] | None, T: int) -> list[int]:
     return sorted(set(ts), reverse=True)
 
 
-def _count(value: int, key: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise DDIMError(f"progressive.{key} must be an integer >= 0 (0 = no such figure), got {value!r}.")
-    return value
-
-
 def nearest_members(timesteps: list[int], seq: list[int]) -> list[int]:
     """For each t, the member of the sub-sequence nearest to it (the lower on a tie), without repeats."""
     stops = [min(seq, key=lambda s: (abs(s - t), s)) for t in timesteps]
@@ -66,68 +63,73 @@ def continuation_generators(seed: int, n_stops: int, n: int) -> list[list[torch.
     ]
 
 
+def chain_figure(ctx: EvalContext, n_samples: int, every: int | None) -> tuple[Path, dict[str, Any]]:
+    """progressive.png: x0_hat along the chains of the first n_samples latents."""
+    seq = ctx.sampler.sequence(ctx.schedule)
+    x_T, generators = latents(ctx, n_samples)
+    every = every or max(1, len(seq) // 10)
+    chain = progressive(ctx.sampler, network(ctx), x_T, ctx.schedule, every=every, generator=generators)
+    path = save_grid(chain, ctx.output_dir / "progressive.png")
+    return path, {"n_samples": n_samples, "every": every, "frames": int(chain.shape[1])}
+
+
+def decompression_figure(
+    ctx: EvalContext, dataset: Any, n_images: int, ts: list[int]
+) -> tuple[Path, dict[str, Any]]:
+    """decompression.png: per real image, x_t and x0_hat(x_t) at each t (one noise draw per image)."""
+    n = min(n_images, len(dataset))
+    x0 = image_batch(dataset, 0, n).to(ctx.device)
+    noise = initial_noise(x0.shape, per_sample_generators(ctx.seed, range(n)), device=ctx.device)
+    x_ts, x0_hats = denoise_from(network(ctx), x0, ts, ctx.schedule, noise)
+    originals = x0[:, None]
+    rows = torch.stack([torch.cat([originals, x_ts], 1), torch.cat([originals, x0_hats], 1)], 1)
+    path = save_grid(rows.flatten(0, 1), ctx.output_dir / "decompression.png")
+    return path, {"n_images": n, "decompression_timesteps": ts}
+
+
+def shared_latents_figure(
+    ctx: EvalContext, ts: list[int], n_continuations: int
+) -> tuple[Path, dict[str, Any]]:
+    """shared_latents.png: sample 0's chain stopped near each t, then ancestral continuations from there."""
+    s, seq = ctx.sampler, ctx.sampler.sequence(ctx.schedule)
+    stops = nearest_members(ts, seq)
+    chain_x_T, chain_generators = latents(ctx, 1)  # the chain of sample 0
+    x_t, samples = shared_latents(
+        network(ctx), chain_x_T, seq, ctx.schedule, stops, chain_generators,
+        continuation_generators(ctx.seed, len(stops), n_continuations),
+        eta=1.0, variance=getattr(s, "variance", "eta"), clip_x0=getattr(s, "clip_x0", False),
+    )  # fmt: skip
+    path = save_grid(torch.cat([x_t[:, None], samples], 1), ctx.output_dir / "shared_latents.png")
+    return path, {"shared_latent_timesteps": stops, "n_continuations": n_continuations}
+
+
 @torch.inference_mode()
 def run(
     ctx: EvalContext,
     *,
-    n_samples: int,
-    every: int | None,
-    split: str,
-    n_images: int,
-    timesteps: Sequence[int] | None,
-    n_continuations: int,
+    n_samples: Count,
+    every: Count | None,
+    split: Literal[SPLITS],
+    n_images: NonNegativeInt,
+    timesteps: Sequence[NonNegativeInt] | None,
+    n_continuations: NonNegativeInt,
 ) -> TaskResult:
     """every: keep every k-th step's x0_hat; None = about 11 frames. n_images / n_continuations: 0 = skip
     that figure."""
     t0 = time.perf_counter()
-    T = ctx.schedule.num_timesteps
-    ts = _timesteps(timesteps, T)
-    n_images, n_continuations = _count(n_images, "n_images"), _count(n_continuations, "n_continuations")
-    dataset = split_dataset(ctx, split, "progressive") if n_images else None
-    net, s = network(ctx), ctx.sampler
-    if s.name != "ddim":
-        raise DDIMError(
-            f"task=progressive shows x0_hat along the generalized (DDIM/DDPM) chain; sampler={s.name} keeps no "
-            "such trajectory: use sampler=ddim or sampler=ddpm."
-        )
-    seq = s.timestep_sequence(ctx.schedule)
-    seq = seq.tolist() if isinstance(seq, torch.Tensor) else list(seq)
-
-    x_T, generators = latents(ctx, int(n_samples))
-    every = int(every) if every else max(1, len(seq) // 10)
-    chain = progressive(
-        net, x_T, seq, ctx.schedule, every=every, eta=float(s.eta), variance=s.variance, clip_x0=s.clip_x0,
-        generator=generators,
-    )  # fmt: skip
-    paths = {"progressive": save_grid(chain, ctx.output_dir / "progressive.png")}
-    info = {"n_samples": int(n_samples), "every": every, "frames": int(chain.shape[1])}
-
+    ts = _timesteps(timesteps, ctx.schedule.num_timesteps)
+    dataset = split_dataset(ctx, split, "progressive") if n_images else None  # before any network call
+    paths, info = {}, {}
+    paths["progressive"], info["chain"] = chain_figure(ctx, n_samples, every)
     if n_images:
-        n = min(n_images, len(dataset))
-        x0 = image_batch(dataset, 0, n).to(ctx.device)
-        noise = initial_noise(x0.shape, per_sample_generators(ctx.seed, range(n)), device=ctx.device)
-        x_ts, x0_hats = denoise_from(net, x0, ts, ctx.schedule, noise)
-        originals = x0[:, None]
-        rows = torch.stack([torch.cat([originals, x_ts], 1), torch.cat([originals, x0_hats], 1)], 1)
-        paths["decompression"] = save_grid(rows.flatten(0, 1), ctx.output_dir / "decompression.png")
-        info.update(split=split, n_images=n, decompression_timesteps=ts)
-
+        paths["decompression"], info["decompression"] = decompression_figure(ctx, dataset, n_images, ts)
+        info["decompression"]["split"] = split
     if n_continuations:
-        stops = nearest_members(ts, seq)
-        chain_x_T, chain_generators = latents(ctx, 1)  # the chain of sample 0
-        x_t, samples = shared_latents(
-            net, chain_x_T, seq, ctx.schedule, stops, chain_generators,
-            continuation_generators(ctx.seed, len(stops), n_continuations),
-            eta=1.0, variance="sigma_hat" if s.variance == "sigma_hat" else "eta", clip_x0=s.clip_x0,
-        )  # fmt: skip
-        grid = torch.cat([x_t[:, None], samples], 1)
-        paths["shared_latents"] = save_grid(grid, ctx.output_dir / "shared_latents.png")
-        info.update(shared_latent_timesteps=stops, n_continuations=n_continuations)
-
+        paths["shared_latents"], info["shared_latents"] = shared_latents_figure(ctx, ts, n_continuations)
     record = {
         "task": "progressive",
-        **ctx.sampler_record(s),
-        **info,
+        **ctx.sampler_record(ctx.sampler),
+        **{k: v for part in info.values() for k, v in part.items()},
         "figure": str(paths["progressive"]),
         "figures": {k: str(v) for k, v in paths.items()},
         "wall_time_s": round(time.perf_counter() - t0, 3),

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from ddim.diffusion.likelihood import exact_bound
 from ddim.evaluation.context import EvalContext
 from ddim.evaluation.reports.results import TaskResult, write_figure
-from ddim.evaluation.tasks.nll import measure, per_timestep_rows, write_csv
+from ddim.evaluation.tasks.nll import SPLITS, measure, per_timestep_rows, write_csv
+from ddim.settings import Count
 
 
 def _plots(path: Path, rows: list[dict[str, Any]]) -> Path:
@@ -46,7 +47,13 @@ def _plots(path: Path, rows: list[dict[str, Any]]) -> Path:
 
 
 def run(
-    ctx: EvalContext, *, split: str, n_images: int | None, batch_size: int, max_batch: int, clip_x0: bool
+    ctx: EvalContext,
+    *,
+    split: Literal[SPLITS],
+    n_images: Count | None,
+    batch_size: Count,
+    max_batch: Count,
+    clip_x0: bool,
 ) -> TaskResult | None:
     t0 = time.perf_counter()
     measured = measure(
@@ -58,6 +65,7 @@ def run(
         batch_size=batch_size,
         max_batch=max_batch,
         clip_x0=clip_x0,
+        task="rate_distortion",
     )
     if measured is None:  # ranks other than 0
         return None

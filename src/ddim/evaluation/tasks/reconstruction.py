@@ -23,6 +23,7 @@ from ddim.evaluation.reports.results import TaskResult
 from ddim.evaluation.reports.tables import write_table2
 from ddim.images import save_grid
 from ddim.samplers import reconstruct
+from ddim.settings import Count, NonNegativeInt
 
 
 class _Reconstruction(pl.LightningModule):
@@ -111,17 +112,17 @@ def reconstruction_mse(
 def run(
     ctx: EvalContext,
     *,
-    steps: Sequence[int],
-    n_images: int | None,
-    batch_size: int | None,
-    n_show: int,
+    steps: Sequence[Count],
+    n_images: Count | None,
+    batch_size: Count | None,
+    n_show: NonNegativeInt,
 ) -> TaskResult | None:
     """n_images: null = the whole test set; batch_size: null = the run's batch_size."""
-    T = ctx.schedule.num_timesteps
+    # The sampler's spacing at each S; encoding and decoding are DDIM's (eta = 0), as in Table 2.
     sequences = {
-        int(s): dataclasses.replace(ctx.sampler, steps=int(s), timesteps=None)
-        .validate(T)
-        .timestep_sequence(T)
+        int(s): torch.tensor(
+            dataclasses.replace(ctx.sampler, steps=int(s), timesteps=None).sequence(ctx.schedule)
+        )
         for s in steps
     }
     dm = ctx.make_datamodule()

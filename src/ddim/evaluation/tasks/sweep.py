@@ -9,20 +9,25 @@ from collections.abc import Sequence
 from typing import Any
 
 from ddim.errors import DDIMError
-from ddim.evaluation.context import EvalContext, checked_sampler
+from ddim.evaluation.context import EvalContext
 from ddim.evaluation.reports.results import TaskResult
 from ddim.evaluation.reports.tables import paper_key, write_table1
 from ddim.evaluation.tasks.fid import generate_point
 from ddim.io import write_json
-from ddim.samplers import SamplerConfig
+from ddim.samplers import DDIM, Sampler
+from ddim.settings import Count, NonNegative
 
 log = logging.getLogger(__name__)
 
 
-def grid(
-    base: SamplerConfig, etas: Sequence[float], steps: Sequence[int], sigma_hat: bool
-) -> list[SamplerConfig]:
-    """eta x S points, plus the sigma_hat row (DDPM, larger variance, clipped x0_hat) when asked."""
+def grid(base: Sampler, etas: Sequence[float], steps: Sequence[int], sigma_hat: bool) -> list[DDIM]:
+    """eta x S points of the DDIM family with the base sampler's spacing, plus the sigma_hat row (DDPM,
+    larger variance, clipped x0_hat) when asked."""
+    if not isinstance(base, DDIM):
+        raise DDIMError(
+            f"task=sweep is DDIM Table 1's eta x S grid of the generalized sampler; sampler={base.name} has no "
+            "eta. Use sampler=ddim (sampler.skip_type sets the spacing), or a multirun over samplers."
+        )
     if not steps or (not etas and not sigma_hat):
         raise DDIMError("sweep.steps and sweep.etas (or sweep.sigma_hat=true) must not be empty.")
     points = [
@@ -43,13 +48,13 @@ def grid(
 def run(
     ctx: EvalContext,
     *,
-    etas: Sequence[float],
-    steps: Sequence[int],
+    etas: Sequence[NonNegative],
+    steps: Sequence[Count],
     sigma_hat: bool,
     metrics: bool,
 ) -> TaskResult | None:
     # Every point is checked (and dry-run) before the first image.
-    points = [checked_sampler(p, ctx.schedule) for p in grid(ctx.sampler, etas, steps, sigma_hat)]
+    points = [p.check_schedule(ctx.schedule) for p in grid(ctx.sampler, etas, steps, sigma_hat)]
     trainer = ctx.make_trainer()
     scorer = ctx.make_scorer(trainer.is_global_zero) if metrics else None
     records = []
