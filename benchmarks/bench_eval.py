@@ -34,7 +34,7 @@ from ddim.diffusion.parameterization import ModelFn, ModelSpec
 from ddim.diffusion.schedule import Schedule
 from ddim.evaluation.generation import generate_samples
 from ddim.nets.unet import UNet
-from ddim.samplers import SamplerConfig
+from ddim.samplers import DDIM
 
 CONFIGS = {
     "cifar10": dict(resolution=32, ch=128, ch_mult=(1, 2, 2, 2), num_res_blocks=2, attn_resolutions=(16,)),
@@ -160,7 +160,7 @@ def main() -> None:
         f"S={args.steps} images={args.images} repeats={args.repeats}"
     )
     for eta in args.eta:
-        sampler = SamplerConfig(eta=eta, steps=args.steps)
+        sampler = DDIM(eta=eta, steps=args.steps)
         loop_s, inside_s, net_only_s = [], [], []
         for rep in range(args.repeats):
             timed = TimedNet(net)

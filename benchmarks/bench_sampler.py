@@ -2,7 +2,7 @@
 
 Runs, interleaved repeat by repeat so load from other processes hits all alike (times are medians):
   network  S calls of the U-Net on the same batch and timesteps, nothing else (time per call);
-  loop     SamplerConfig.run with that U-Net (per-sample generators, noise drawn where the sampler draws);
+  loop     Sampler.run with that U-Net (per-sample generators, noise drawn where the sampler draws);
   sampler  the same loop with a free eps function (a precomputed tensor): the sampler's own cost, i.e. the
            solvers' bookkeeping (history of outputs, coefficients, corrector, noise).
 Network time of a sampler = its NFE x the time per call. overhead = (loop - network) / network is the
@@ -25,7 +25,7 @@ import torch
 
 from ddim.diffusion.schedule import Schedule, timestep_sequence
 from ddim.nets.unet import UNet
-from ddim.samplers import SamplerConfig, initial_noise, per_sample_generators
+from ddim.samplers import Sampler, initial_noise, make_sampler, per_sample_generators
 
 CONFIGS = {
     "cifar10": dict(resolution=32, ch=128, ch_mult=(1, 2, 2, 2), num_res_blocks=2, attn_resolutions=(16,)),
@@ -77,7 +77,7 @@ def main() -> None:
         for t in t_batches:
             net(x_T, t)
 
-    def loop(sampler: SamplerConfig, eps_fn) -> Callable[[], object]:
+    def loop(sampler: Sampler, eps_fn) -> Callable[[], object]:
         def run() -> object:
             gens = per_sample_generators(0, range(args.batch))
             return sampler.run(eps_fn, x_T, schedule, generator=gens)
@@ -115,18 +115,16 @@ def main() -> None:
         )
 
 
-def parse(spec: str, steps: int) -> SamplerConfig:
-    """'dpm_solver_pp:3' -> SamplerConfig(name='dpm_solver_pp', order=3); 'ddim:eta=1' sets eta."""
+def parse(spec: str, steps: int) -> Sampler:
+    """'dpm_solver_pp:3' -> the dpm_solver_pp sampler with order=3; 'ddim:eta=1' sets eta."""
     name, *rest = spec.split(":")
-    options: dict = dict(name=name, steps=steps, skip_type="uniform")
+    options: dict = dict(steps=steps, skip_type="uniform")
     for item in rest:
         if item.startswith("eta="):
             options["eta"] = float(item[4:])
         else:
             options["order"] = int(item)
-    if name == "euler_ancestral":
-        options.setdefault("eta", 1.0)
-    return SamplerConfig(**options)
+    return make_sampler(name, **options)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ rows: x_T = 0 gives the offset, x_T = 1 the slope, and for stochastic samplers e
 by a unit impulse on its own row (the variance is the sum of the squared responses). No sampling error.
 Check of the KL computation: DDIM with quadratic spacing at S = 10 gives 2.33.
 
-Rows: sampler settings, columns: NFE (network calls actually made, SamplerConfig.nfe), one table per
+Rows: sampler settings, columns: NFE (network calls actually made, Sampler.nfe), one table per
 spacing; a cell takes the most steps whose NFE fits (marked with the NFE it reached when that is fewer).
 Last-step treatments searched: final_step denoise | none, lower_order_final on | off.
 
@@ -27,8 +27,7 @@ import torch
 
 from ddim.diffusion.oracle import GaussianOracle
 from ddim.diffusion.schedule import Schedule
-from ddim.samplers import SamplerConfig
-from ddim.samplers.config import OPTION_USERS
+from ddim.samplers import SAMPLERS, Sampler, make_sampler
 
 ROWS = [
     ("DDIM", dict(name="ddim")),
@@ -47,16 +46,14 @@ ROWS = [
     ("PNDM (prk)", dict(name="pndm")),
     ("PNDM (plms)", dict(name="pndm", warm_start="plms")),
 ]
-# Modules whose noise draws are replaced by impulses (each imports _randn from generalized).
+# Modules whose noise draws are replaced by impulses (each imports randn from ddim.samplers.base).
 NOISE_SITES = ("ddim.samplers.ddim", "ddim.samplers.dpm_solver", "ddim.samplers.karras")
 
 
-def output_law(
-    cfg: SamplerConfig, oracle: GaussianOracle, schedule: Schedule
-) -> tuple[torch.Tensor, torch.Tensor]:
+def output_law(cfg: Sampler, oracle: GaussianOracle, schedule: Schedule) -> tuple[torch.Tensor, torch.Tensor]:
     """Exact per-dimension (mean, var) of cfg's output from x_T ~ N(0, I)."""
     d = oracle.mean.numel()
-    draws = 2 * len(cfg.timestep_sequence(schedule)) + 2  # more rows than draws
+    draws = 2 * len(cfg.sequence(schedule)) + 2  # more rows than draws
     x_T = torch.zeros(2 + draws, d, dtype=torch.float64)
     x_T[1] = 1.0
     count = [0]
@@ -69,7 +66,7 @@ def output_law(
 
     with ExitStack() as stack:
         for site in NOISE_SITES:
-            stack.enter_context(mock.patch(f"{site}._randn", impulse))
+            stack.enter_context(mock.patch(f"{site}.randn", impulse))
         y = cfg.run(oracle.eps, x_T, schedule)
     offset, slope, noise = y[0], y[1] - y[0], y[2 : 2 + count[0]] - y[0]
     return offset, slope**2 + (noise**2).sum(0)
@@ -80,13 +77,12 @@ def kl_to_data(mean: torch.Tensor, var: torch.Tensor, oracle: GaussianOracle) ->
     return float(0.5 * (var / v0 + (mean - oracle.mean) ** 2 / v0 - 1 - torch.log(var / v0)).sum())
 
 
-def cell(base: SamplerConfig, nfe: int, oracle, schedule) -> tuple[float, int] | None:
+def cell(base: Sampler, nfe: int, oracle, schedule) -> tuple[float, int] | None:
     """KL at the most steps whose NFE is <= nfe, with the NFE reached."""
     best = None
     for steps in range(1, 3 * nfe + 2):
-        cfg = dataclasses.replace(base, steps=steps)
         try:
-            cfg.validate(schedule)
+            cfg = dataclasses.replace(base, steps=steps).check_schedule(schedule)
         except ValueError:
             continue
         used = cfg.nfe(schedule)
@@ -118,7 +114,7 @@ def main() -> None:
     schedule = Schedule.from_config()
     variances = torch.logspace(-4, 0, args.dims, dtype=torch.float64)
     oracle = GaussianOracle(torch.zeros(args.dims, dtype=torch.float64), variances.sqrt(), schedule)
-    check = SamplerConfig(steps=10, skip_type="quadratic")
+    check = make_sampler("ddim", steps=10, skip_type="quadratic")
     print(
         f"Data N(0, diag(logspace(-4, 0, {args.dims}))), T = 1000, linear betas. Check: DDIM quadratic S=10 "
         f"KL = {kl_to_data(*output_law(check, oracle, schedule), oracle):.4f} (expected 2.33)\n"
@@ -131,12 +127,17 @@ def main() -> None:
         print("|---" * (len(args.nfe) + 1) + "|")
         for label, options in ROWS:
             variants = [("denoise", True), ("denoise", False), ("none", True), ("none", False)]
-            if options["name"] == "ddim":
+            fields = {f.name for f in dataclasses.fields(SAMPLERS[options["name"]])}
+            if "final_step" not in fields:
                 variants = [("denoise", True)]
-            elif options["name"] not in OPTION_USERS["lower_order_final"]:
-                variants = [("denoise", True), ("none", True)]  # the option is refused where unused
+            elif "lower_order_final" not in fields:
+                variants = [("denoise", True), ("none", True)]  # the option exists only where it is used
             for final, lof in variants:
-                base = SamplerConfig(skip_type=spacing, final_step=final, lower_order_final=lof, **options)
+                name = options["name"]
+                extra = {"final_step": final} if "final_step" in fields else {}
+                extra.update({"lower_order_final": lof} if "lower_order_final" in fields else {})
+                own = {k: v for k, v in options.items() if k != "name"}
+                base = make_sampler(name, skip_type=spacing, **extra, **own)
                 results = [cell(base, n, oracle, schedule) for n in args.nfe]
                 for n, r in zip(args.nfe, results, strict=True):
                     if r is not None and r[1] == n:
