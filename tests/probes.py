@@ -1,13 +1,19 @@
 """Classes that test runs load by Hydra `_target_` (tests/ on sys.path or PYTHONPATH): training probes and a
-tiny FID feature extractor. A module of its own, because every conftest.py is imported as `conftest`."""
+tiny FID feature extractor, a sampler from outside the package. A module of its own, because every conftest.py is imported as `conftest`."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
+from typing import Annotated, ClassVar
 
 import pytorch_lightning as pl
 import torch
 from torch_fidelity.feature_extractor_base import FeatureExtractorBase
+
+from ddim.diffusion.schedule import Schedule
+from ddim.samplers import Sampler, sample
+from ddim.settings import Count, Range
 
 
 class RecordNetInputs(pl.Callback):
@@ -77,3 +83,22 @@ class TinyExtractor(FeatureExtractorBase):
     @staticmethod
     def get_dummy_input_for_compile():
         return torch.zeros(1, 3, 4, 4, dtype=torch.uint8)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Toy(Sampler):
+    """A sampler defined outside the package (tests/evaluation/test_eval.py adds it with one yaml): DDIM's
+    deterministic step on a scaled noise estimate."""
+
+    name: ClassVar[str] = "toy"
+    steps: Count = 4
+    scale: Annotated[float, Range(gt=0)] = 1.0
+
+    def nfe(self, schedule: Schedule) -> int:
+        return len(self.sequence(schedule))
+
+    def run(self, model, x_T, schedule, generator=None, callback=None) -> torch.Tensor:
+        def scaled(x, t):
+            return self.scale * model(x, t)
+
+        return sample(scaled, x_T, self.sequence(schedule), schedule, callback=callback)

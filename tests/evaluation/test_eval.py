@@ -335,3 +335,35 @@ def test_task_options_are_checked_by_name(compose_config):
         check_eval_config(cfg)
     with pytest.raises(DDIMError, match="Unknown task 'bpd'; choose task= one of fid, sample"):
         get_task("bpd")
+
+
+TOY_YAML = """# A sampler from outside the package: its class (tests/probes.py) and this file are all it takes.
+_target_: probes.Toy
+steps: 4
+skip_type: uniform
+timesteps: null
+scale: 0.5
+"""
+
+
+def test_a_sampler_from_outside_the_package_runs_through_src_eval(
+    tiny_ckpt, tmp_path, monkeypatch, hydra_main
+):
+    monkeypatch.syspath_prepend(str(Path(__file__).parents[1]))  # tests/, where probes.py lives
+    (tmp_path / "conf" / "sampler").mkdir(parents=True)
+    (tmp_path / "conf" / "sampler" / "toy.yaml").write_text(TOY_YAML)
+    args = [f"ckpt={tiny_ckpt}", "data=digits", "task=sample", "n_samples=4", "batch_size=4", "shard_size=4",
+            "trainer.accelerator=cpu", "trainer.devices=1", "logger=none", "sampler=toy",
+            f"hydra.searchpath=[file://{tmp_path / 'conf'}]"]  # fmt: skip
+    code, output = hydra_main("eval.py", [*args, f"hydra.run.dir={tmp_path / 'run'}"])
+    assert code == 0, output[-2000:]
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["sampler"] == "toy" and metrics["sampler_label"] == "toy_uniform" and metrics["nfe"] == 4
+    assert metrics["sampler_settings"]["scale"] == 0.5
+    # Its settings are typed like every built-in sampler's: one line naming the key, nothing written.
+    code, output = hydra_main("eval.py", [*args, "sampler.scale=-1", f"hydra.run.dir={tmp_path / 'bad'}"])
+    lines = [line for line in output.splitlines() if line.strip()]
+    assert code == 2 and lines == [
+        "Error: sampler.scale=-1 is invalid: it must be a number > 0, e.g. sampler.scale=1.0."
+    ]
+    assert not (tmp_path / "bad").exists()

@@ -561,3 +561,20 @@ def test_noise_level_sequences_stay_distinct_on_the_integer_grid(skip_type):
     )
     with pytest.raises(ValueError, match="needs the noise schedule"):
         timestep_sequence(10, skip_type, T)
+
+
+@pytest.mark.parametrize("name", list(SAMPLERS))
+def test_every_sampler_reports_each_step_to_the_callback(name):
+    sampler = make_sampler(name, steps=6, skip_type="uniform")
+    steps = []
+    out = sampler.run(
+        CountingEps(), x_T(), SCHED, generator=torch.Generator().manual_seed(0), callback=steps.append
+    )
+    assert [s.i for s in steps] == list(range(len(steps))) and len(steps) >= 5
+    seq = sampler.sequence(SCHED)
+    assert steps[0].t == seq[-1]  # the first network call is at the noisiest timestep
+    assert [s.t_next for s in steps[:-1]] == [s.t for s in steps[1:]]  # each step starts where the last ended
+    assert steps[-1].t_next == -1 and torch.equal(steps[-1].x, out)  # final_step=denoise: the clean end
+    assert all(s.x0_hat is not None and s.x0_hat.shape == out.shape for s in steps)
+    # The estimate of the last step is the sample itself for every sampler that ends with the denoise call.
+    assert torch.allclose(steps[-1].x0_hat, out)

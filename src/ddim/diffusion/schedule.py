@@ -110,16 +110,7 @@ def timestep_sequence(
     exact no-ops for DDIM but still cost a network call, and are kept for faithful reproduction.
     """
     if custom is not None:
-        seq = torch.as_tensor(list(custom), dtype=torch.int64)
-        if seq.ndim != 1 or seq.numel() == 0:
-            raise ScheduleError("A custom timestep sequence must be a non-empty list of integers.")
-        if int(seq.min()) < 0 or int(seq.max()) >= num_timesteps:
-            raise ScheduleError(f"Custom timesteps must lie in [0, {num_timesteps - 1}], got {seq.tolist()}.")
-        if bool((seq[1:] < seq[:-1]).any()):
-            raise ScheduleError(
-                "Custom timesteps must be given in increasing order, e.g. [0, 250, 500, 750]."
-            )
-        return seq
+        return custom_sequence(custom, num_timesteps)
     if steps is None or int(steps) != steps or steps < 1 or steps > num_timesteps:
         raise ScheduleError(
             f"sampler.steps must be an integer in [1, {num_timesteps}] (the number of diffusion steps T), "
@@ -149,6 +140,18 @@ def timestep_sequence(
     raise ScheduleError(
         f"Unknown sampler.skip_type {skip_type!r}; choose one of {SKIP_TYPES} or pass custom timesteps."
     )
+
+
+def custom_sequence(custom: list[int] | tuple[int, ...], num_timesteps: int) -> torch.Tensor:
+    """A given sequence, checked: non-empty, inside [0, T-1], non-decreasing."""
+    seq = torch.as_tensor(list(custom), dtype=torch.int64)
+    if seq.ndim != 1 or seq.numel() == 0:
+        raise ScheduleError("A custom timestep sequence must be a non-empty list of integers.")
+    if int(seq.min()) < 0 or int(seq.max()) >= num_timesteps:
+        raise ScheduleError(f"Custom timesteps must lie in [0, {num_timesteps - 1}], got {seq.tolist()}.")
+    if bool((seq[1:] < seq[:-1]).any()):
+        raise ScheduleError("Custom timesteps must be given in increasing order, e.g. [0, 250, 500, 750].")
+    return seq
 
 
 def _noise_level_sequence(steps: int, skip_type: str, a: torch.Tensor) -> torch.Tensor:

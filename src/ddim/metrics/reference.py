@@ -72,6 +72,19 @@ def write_reference_images(
     return plan
 
 
+def statistics_file(source: str, keep_features: bool) -> tuple[Statistics, str]:
+    """fid.reference=<path>: statistics someone computed before (an .npz with mu, sigma and maybe features)."""
+    path = Path(source).expanduser()
+    if not path.is_file():
+        raise DDIMError(
+            f"fid.reference={source} is neither 'data', 'cifar10-train' nor an existing statistics file."
+        )
+    stats = Statistics.load(path)
+    if keep_features and stats.features is None:
+        raise DDIMError(f"KID needs reference features, but {path} holds only mu/sigma; set fid.kid=false.")
+    return stats, str(path)
+
+
 def reference_statistics(
     source: str,
     extractor: torch.nn.Module,
@@ -91,18 +104,7 @@ def reference_statistics(
     """(statistics, description) for the FID reference, loading the cache or computing and caching it."""
     cache_dir = Path(cache_dir)
     if source not in ("data", "cifar10-train"):
-        path = Path(source).expanduser()
-        if not path.is_file():
-            raise DDIMError(
-                f"fid.reference={source} is neither 'data', 'cifar10-train' nor an existing statistics file."
-            )
-        stats = Statistics.load(path)
-        if keep_features and stats.features is None:
-            raise DDIMError(
-                f"KID needs reference features, but {path} holds only mu/sigma; set fid.kid=false."
-            )
-        return stats, str(path)
-
+        return statistics_file(source, keep_features)
     if source == "cifar10-train":
         folder = cache_dir / "reference" / "torch-fidelity-cifar10-train"
     else:

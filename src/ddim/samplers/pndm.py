@@ -116,6 +116,6 @@ def pndm(
             e = sum(w * h for w, h in zip(weights, reversed(history), strict=True))
         x_next = transfer(x, e, a_s, a_t)
         if callback is not None:
-            report(callback, k, s, t, x_next, x0_estimate(x, history[-1], s))
+            report(callback, k, s, t, x_next, x0_estimate(x, e, s))  # the eps the transfer used
         x = x_next
     return x
