@@ -83,6 +83,7 @@ def check_eval_config(cfg: DictConfig, folder_key: str | None = None) -> Checked
     fid_values = plain(cfg.fid, "fid")
     check(FIDSettings, fid_values, "fid", choice(cfg, "fid"))
     check_target_group(cfg.get("logger"), "logger")
+    check_folder(fid_values["cache_dir"], "fid.cache_dir (paths.cache_dir)")
     if folder_key is not None:
         check_folder(OmegaConf.select(cfg, folder_key), folder_key)
         if folder_key == "hydra.run.dir":
