@@ -9,10 +9,11 @@ stderr and exit 2, with our message alone: Hydra's own wording is translated, no
 
 from __future__ import annotations
 
+import copy
 import logging
 import re
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -83,8 +84,8 @@ def check_command_line(
     job: list[str] = []
     try:
         with hydra.initialize_config_dir(config_dir=str(conf_dir), version_base="1.3"):
-            for job in jobs(config_name, overrides, multirun)[:MAX_CHECKED_JOBS]:
-                cfg = compose_job(config_name, job, multirun)
+            for job, compose in composed_jobs(config_name, overrides, multirun):  # noqa: B007 - job: for the error below
+                cfg = compose()
                 HydraConfig.instance().set_config(cfg)  # so ${hydra:...} resolves, as in the run
                 check(cfg, "hydra.sweep.dir" if multirun else "hydra.run.dir")
     except DDIMError as err:
@@ -123,6 +124,49 @@ def jobs(config_name: str, overrides: list[str], multirun: bool) -> list[list[st
         raise
     except Exception as err:  # noqa: BLE001 - Hydra's parser raises its own types
         raise DDIMError(explain_hydra_error(err, overrides, config_name)) from None
+
+
+def composed_jobs(
+    config_name: str, overrides: list[str], multirun: bool
+) -> Iterator[tuple[list[str], Callable[[], DictConfig]]]:
+    """(job, a function composing its config) for each job. A job that only changes values of keys the
+    config has (sampler.eta=0.2, not sampler=unipc) is the base config with those values set, as Hydra's own
+    override step does; the others are composed in full (a group's defaults tree is the slow part)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser = OverridesParser.create()
+    all_jobs = jobs(config_name, overrides, multirun)[:MAX_CHECKED_JOBS]
+    base = [o for o in overrides if all(o in job for job in all_jobs)]
+    base_cfg = compose_job(config_name, base, multirun) if len(all_jobs) > 1 else None
+
+    def composer(job: list[str]) -> Callable[[], DictConfig]:
+        def compose() -> DictConfig:
+            cfg = base_cfg and _with_values(
+                base_cfg, parser.parse_overrides([o for o in job if o not in base])
+            )
+            return cfg if cfg is not None else compose_job(config_name, job, multirun)
+
+        return compose
+
+    for job in all_jobs:
+        yield job, composer(job)
+
+
+def _with_values(base: DictConfig, changes: list[Any]) -> DictConfig | None:
+    """base with value changes applied, or None when a change is not a plain value of an existing key."""
+    groups = set(base.hydra.runtime.choices)
+    missing = object()
+    for change in changes:
+        key = change.key_or_group
+        plain = not (change.is_add() or change.is_delete() or change.is_force_add() or change.package)
+        if not plain or key in groups or key.startswith("hydra") or change.is_sweep_override():
+            return None
+        if OmegaConf.select(base, key, default=missing, throw_on_resolution_failure=False) is missing:
+            return None
+    cfg = copy.deepcopy(base)
+    for change in changes:
+        OmegaConf.update(cfg, change.key_or_group, change.value(), merge=True)
+    return cfg
 
 
 def compose_job(config_name: str, job: list[str], multirun: bool) -> DictConfig:
