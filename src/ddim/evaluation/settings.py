@@ -65,7 +65,7 @@ def check_eval_config(cfg: DictConfig, folder_key: str | None = None) -> Checked
 
     if OmegaConf.is_missing(cfg, "ckpt") or not cfg.get("ckpt"):
         raise DDIMError(NO_CHECKPOINT)
-    task_name = str(cfg.get("task_type", "fid"))
+    task_name = str(cfg.task_type)
     run = get_task(task_name)
     top = check_top_level(cfg, EvalSettings, GROUPS | set(TASKS), "conf/eval.yaml")
     settings = EvalSettings(**top)
