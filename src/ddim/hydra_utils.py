@@ -46,6 +46,29 @@ def run_reporting_user_errors(task: Callable[[DictConfig], Any], cfg: DictConfig
         sys.exit(2)
 
 
+class FailedJobsExitCode(Callback):
+    """A multirun in which jobs failed with a user error (each returned {"failed": message}, see
+    run_reporting_user_errors, and logged its line) exits 1 once every job has run, not 0."""
+
+    def __init__(self) -> None:
+        self.failed: list[str] = []
+
+    def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
+        from hydra.core.utils import JobStatus
+
+        value = job_return.return_value if job_return.status == JobStatus.COMPLETED else None
+        if isinstance(value, dict) and "failed" in value:
+            self.failed.append(f"{config.hydra.job.num} ({config.hydra.job.override_dirname})")
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        if self.failed:
+            logging.getLogger(__name__).error(
+                f"{len(self.failed)} job(s) of the multirun failed: {', '.join(self.failed)}; each job's log "
+                f"under {config.hydra.sweep.dir} says why."
+            )
+            raise SystemExit(1)
+
+
 class CheckBeforeRun(Callback):
     """Hydra callback: `check(config, folder_key)` runs before Hydra creates the run folder (and, with
     before_multirun, the sweep folder), so a bad command line leaves nothing behind. A user error is one

@@ -10,10 +10,11 @@ from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from ddim.evaluation.reports.tables import is_ddim, paper_key, write_nfe_table, write_table1
 from ddim.io import write_json
+from ddim.samplers.config import SamplerConfig
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +43,20 @@ def _failure_record(config: DictConfig, error: BaseException) -> dict[str, Any]:
         record["variance"] = str(sampler.get("variance", "eta"))
     except (TypeError, ValueError):
         pass  # not a table cell (e.g. steps=abc): the job's own log says what was wrong
+    record.update(_nfe_cell(sampler))
     return record
+
+
+def _nfe_cell(sampler: Any) -> dict[str, Any]:
+    """The failed job's row and column of the quality-per-NFE table: its settings' label and the network
+    calls they would make (counted on a T large enough for its steps: a failed job may ask for more than T)."""
+    try:
+        values = OmegaConf.to_container(sampler, resolve=True) if isinstance(sampler, DictConfig) else sampler
+        settings = SamplerConfig(**values)
+        T = max(1000, int(settings.steps), *(int(t) + 1 for t in settings.timesteps or ()))
+        return {"sampler_label": settings.label(), "nfe": settings.nfe(T)}
+    except Exception:  # noqa: BLE001 - settings that make no cell (e.g. steps=abc): the job's log says why
+        return {}
 
 
 class SweepTableCallback(Callback):
