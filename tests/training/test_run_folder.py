@@ -5,18 +5,19 @@ with a failed job exits non-zero."""
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 
 import pytest
 import torch
 
+from ddim.command_line import explain_override_error, quote_unicode_overrides
 from ddim.training.module import DiffusionModule
 from ddim.training.run_folder import check_checkpoint_fits
 from ddim.training.train import train
 
 QUICK = [
     "experiment=quickstart",
-    "logger=none",
     "data.limit=8",
     "data.batch_size=4",
     "trainer.val_check_interval=2",
@@ -38,21 +39,26 @@ def _snapshot(folder: Path) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory) -> Path:
-    """A 2-step quickstart run made through src/train.py's own main (so Hydra recorded its overrides)."""
+    """A 2-step quickstart run made through src/train.py's own main (so Hydra recorded its overrides), with
+    HOME unset and the CSV logger, which resolves every setting (paths.cache_dir used to need HOME)."""
     import logging
     import runpy
     import sys
 
     run_dir = tmp_path_factory.mktemp("trained") / "run"
-    argv, root = sys.argv, logging.getLogger()
+    argv, root, environ = sys.argv, logging.getLogger(), dict(os.environ)
     handlers, level = list(root.handlers), root.level
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    sys.argv = ["train.py", *QUICK, "trainer.max_steps=2", f"hydra.run.dir={run_dir}"]
+    for name in ("HOME", "DDIM_CACHE", "XDG_CACHE_HOME"):
+        os.environ.pop(name, None)
+    sys.argv = ["train.py", *QUICK, "logger=csv", "trainer.max_steps=2", f"hydra.run.dir={run_dir}"]
     try:
         runpy.run_path(str(Path(__file__).resolve().parents[2] / "src" / "train.py"), run_name="__main__")
     finally:
         sys.argv = argv
+        os.environ.clear()
+        os.environ.update(environ)
         torch.set_num_threads(threads)
         for handler in set(root.handlers) - set(handlers):
             handler.close()
@@ -133,9 +139,50 @@ def test_a_checkpoint_of_another_network_is_one_line(trained_run, tmp_path, trai
 @pytest.mark.slow
 def test_a_training_multirun_with_a_failed_job_exits_non_zero(tmp_path, hydra_main):
     sweep = tmp_path / "sweep"
-    args = ["-m", *QUICK, "trainer.max_steps=1", "model.optim.lr=1e-3,-1", f"hydra.sweep.dir={sweep}"]
+    args = [
+        "-m",
+        *QUICK,
+        "logger=none",
+        "trainer.max_steps=1",
+        "model.optim.lr=1e-3,-1",
+        f"hydra.sweep.dir={sweep}",
+    ]
     code, output = hydra_main("train.py", args)
     assert code == 1, output[-2000:]
     assert "model.optim.lr=-1 is invalid" in output and "1 job(s) of the multirun failed" in output
     assert "Traceback" not in output
     assert (sweep / "0" / "checkpoints" / "last.ckpt").is_file()  # the other job ran to the end
+
+
+def test_the_trained_run_logged_its_settings_with_home_unset(trained_run):
+    assert list(trained_run.rglob("hparams.yaml")) and (trained_run / "metrics.json").is_file()
+
+
+def test_a_read_only_run_folder_is_one_line_before_hydra_writes(tmp_path, monkeypatch, hydra_main):
+    # Tests run as root, for whom os.access grants everything: the read-only folder is simulated.
+    read_only = tmp_path / "read-only"
+    read_only.mkdir()
+    real = os.access
+    monkeypatch.setattr(
+        os, "access", lambda p, mode, **kw: False if Path(p) == read_only else real(p, mode, **kw)
+    )
+    code, output = hydra_main("train.py", [*QUICK, f"hydra.run.dir={read_only / 'run'}"])
+    lines = [line for line in output.splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1, output
+    assert f"{read_only} is read-only for this user" in lines[0] and "hydra.run.dir=" in lines[0]
+    assert list(read_only.iterdir()) == []
+
+
+def test_a_unicode_run_folder_typed_unquoted(tmp_path, hydra_main):
+    # A folder holding another run, so the command stops at the run-folder check once Hydra has read it.
+    folder = tmp_path / "ñandú"
+    (folder / "checkpoints").mkdir(parents=True)
+    (folder / "checkpoints" / "last.ckpt").write_bytes(b"")
+    typed = [*QUICK, f"hydra.run.dir={folder}"]
+    code, output = hydra_main("train.py", typed)  # as Hydra has it: a lexer error
+    assert code != 0 and "LexerNoViableAltException" in output
+    line = explain_override_error(output)
+    assert line is not None and f"'hydra.run.dir=\"{folder}\"'" in line and "ASCII" in line
+    # Quoted for the user, the same command line reaches the run-folder check, which names the folder.
+    code, output = hydra_main("train.py", quote_unicode_overrides(typed))
+    assert code == 2 and f"{folder} already holds a training run" in output

@@ -14,7 +14,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from ddim.errors import DDIMError
-from ddim.io import file_in_the_way
+from ddim.io import file_in_the_way, unwritable_folder
 from ddim.samplers import SamplerConfig
 
 log = logging.getLogger(__name__)
@@ -55,11 +55,18 @@ def job_dir_name(sampler: Any, overrides: str) -> str:
 
 
 def check_folder_path(path: Path, key: str) -> None:
-    """Refuse a folder path below a regular file before anything is written (mkdir would fail mid-run)."""
+    """Refuse a folder path below a regular file, or in a read-only folder, before anything is written (mkdir
+    or the first file would fail mid-run, or Hydra's log file before the run starts)."""
     blocker = file_in_the_way(path)
     if blocker is not None:
         raise DDIMError(
             f"{key}={path} lies under {blocker}, which is a file, not a folder: choose another {key}."
+        )
+    read_only = unwritable_folder(path)
+    if read_only is not None:
+        raise DDIMError(
+            f"{key}={path} cannot be written: {read_only} is read-only for this user. Choose a writable "
+            f"{key}, or make {read_only} writable."
         )
 
 

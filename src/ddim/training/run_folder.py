@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from ddim.checkpoints.files import CheckpointError
 from ddim.checkpoints.lightning_io import read_training_checkpoint, resolve_resume_path
 from ddim.errors import DDIMError
+from ddim.io import unwritable_folder
 
 # Settings of model.net that decide the network's tensors (dropout and the like may change on a resume).
 SHAPE_KEYS = (
@@ -107,9 +108,21 @@ def check_resume(checkpoint: str, max_steps: Any, net: Mapping[str, Any] | None)
     return ckpt
 
 
+def check_writable(run_dir: str | Path) -> None:
+    """A read-only run folder (or parent) fails at Hydra's log file or the first checkpoint: say so first."""
+    read_only = unwritable_folder(run_dir)
+    if read_only is not None:
+        raise RunFolderError(
+            f"The run folder {run_dir} cannot be written: {read_only} is read-only for this user. Choose a "
+            f"writable folder (hydra.run.dir=outputs/<name>, or paths.log_dir=...), or make {read_only} writable."
+        )
+
+
 def check_run_folder(cfg: DictConfig, run_dir: str | Path) -> str | None:
-    """Both checks for a composed training config; returns the checkpoint file to resume from (or None)."""
+    """The run folder checks for a composed training config; returns the checkpoint file to resume from (or
+    None)."""
     ckpt_path = cfg.get("ckpt_path")
+    check_writable(run_dir)
     check_new_run(run_dir, ckpt_path)
     resume_from = resolve_resume_path(ckpt_path, Path(run_dir))
     if resume_from is not None:
