@@ -133,10 +133,10 @@ def read_script_tensors(path: str | Path) -> dict[str, torch.Tensor]:
             root = pickles[0].split("/")[0]
             unpickler = _TensorsOnlyUnpickler(io.BytesIO(archive.read(pickles[0])), archive, root)
             top = unpickler.load()
+        if not isinstance(top, ScriptObject):
+            raise ScriptArchiveError("data.pkl does not hold a TorchScript module")
+        return dict(_named_tensors(top, "", set()))
     except ScriptArchiveError:
         raise
     except Exception as err:  # noqa: BLE001 - a damaged zip or pickle raises many types; all mean "not one"
         raise ScriptArchiveError(f"{type(err).__name__}: {str(err)[:200]}") from err
-    if not isinstance(top, ScriptObject):
-        raise ScriptArchiveError("data.pkl does not hold a TorchScript module")
-    return dict(_named_tensors(top, "", set()))
