@@ -3,9 +3,7 @@ before any sample is generated, then applied to the written sample files."""
 
 from __future__ import annotations
 
-import contextlib
-import errno
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,7 +13,7 @@ import torch
 from omegaconf import DictConfig
 
 from ddim.errors import DDIMError
-from ddim.io import file_in_the_way
+from ddim.metrics.cache import guards_cache
 from ddim.metrics.fid import FID_LAYER, IS_LAYER, Statistics, compute_metrics, extract_features
 from ddim.metrics.inception import build_inception, resolve_inception_weights
 from ddim.metrics.reference import reference_statistics
@@ -58,33 +56,7 @@ def metric_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def check_cache_dir(cache_dir: str | Path) -> None:
-    blocker = file_in_the_way(cache_dir)
-    if blocker is not None:
-        raise DDIMError(
-            f"The FID cache paths.cache_dir={cache_dir} lies under {blocker}, which is a file, not a folder: set "
-            "paths.cache_dir=<a folder> (or DDIM_CACHE=<a folder>). Nothing was generated."
-        )
-
-
-@contextlib.contextmanager
-def cache_writes(cache_dir: str | Path) -> Iterator[None]:
-    """A read-only cache serves what it holds; one clear line when something new must be written there."""
-    try:
-        yield
-    except OSError as err:
-        inside = err.filename is not None and str(Path(err.filename).absolute()).startswith(
-            str(Path(cache_dir).absolute())
-        )
-        if not inside or err.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
-            raise
-        raise DDIMError(
-            f"The FID cache paths.cache_dir={cache_dir} cannot be written ({err.strerror}: {err.filename}); FID "
-            "keeps the converted Inception weights and reference statistics there. Point paths.cache_dir (or "
-            "DDIM_CACHE) at a writable folder, or make it writable. Nothing was generated."
-        ) from err
-
-
+@guards_cache  # a cache path under a file, or a read-only cache that must grow: one line, nothing generated
 def prepare_scorer(
     fid_cfg: DictConfig,
     *,
@@ -97,18 +69,6 @@ def prepare_scorer(
 
     `datamodule` builds the (shape-checked) data module, needed only for fid.reference=data."""
     f = fid_cfg
-    check_cache_dir(f.cache_dir)
-    with cache_writes(f.cache_dir):
-        return _prepare_scorer(f, is_zero, datamodule, data_cfg, data_dir)
-
-
-def _prepare_scorer(
-    f: DictConfig,
-    is_zero: bool,
-    datamodule: Callable[[], Any],
-    data_cfg: dict[str, Any] | None,
-    data_dir: str | Path,
-) -> Scorer | None:
     isc, kid = bool(f.get("isc", False)), bool(f.get("kid", False))
     custom = f.get("feature_extractor")
     reference_src = str(f.get("reference", "data"))

@@ -14,7 +14,6 @@ from omegaconf import DictConfig, OmegaConf
 
 from ddim.evaluation.reports.tables import is_ddim, paper_key, write_nfe_table, write_table1
 from ddim.io import write_json
-from ddim.samplers.config import SamplerConfig
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +50,8 @@ def _nfe_cell(sampler: Any) -> dict[str, Any]:
     """The failed job's row and column of the quality-per-NFE table: its settings' label and the network
     calls they would make (counted on a T large enough for its steps: a failed job may ask for more than T)."""
     try:
+        from ddim.samplers.config import SamplerConfig
+
         values = OmegaConf.to_container(sampler, resolve=True) if isinstance(sampler, DictConfig) else sampler
         settings = SamplerConfig(**values)
         T = max(1000, int(settings.steps), *(int(t) + 1 for t in settings.timesteps or ()))
