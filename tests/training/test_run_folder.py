@@ -13,7 +13,7 @@ import torch
 
 from ddim.command_line import explain_override_error, quote_unicode_overrides
 from ddim.training.module import DiffusionModule
-from ddim.training.run_folder import check_checkpoint_fits
+from ddim.training.run_folder import check_before_run, check_checkpoint_fits, check_run_folder
 from ddim.training.train import train
 
 QUICK = [
@@ -186,3 +186,12 @@ def test_a_unicode_run_folder_typed_unquoted(tmp_path, hydra_main):
     # Quoted for the user, the same command line reaches the run-folder check, which names the folder.
     code, output = hydra_main("train.py", quote_unicode_overrides(typed))
     assert code == 2 and f"{folder} already holds a training run" in output
+
+
+def test_a_multirun_resume_is_checked_per_job_not_at_the_sweep_folder(tmp_path, compose_config):
+    # ckpt_path=last names each job's own last.ckpt; the sweep folder itself holds none.
+    overrides = [*QUICK, "ckpt_path=last", f"hydra.sweep.dir={tmp_path}"]
+    cfg = compose_config(overrides, config_name="train", return_hydra_config=True)
+    check_before_run(cfg, "hydra.sweep.dir")
+    with pytest.raises(Exception, match="ckpt_path=last but"):
+        check_run_folder(cfg, tmp_path / "0")

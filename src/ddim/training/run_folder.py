@@ -150,7 +150,8 @@ def check_checkpoint_fits(model: torch.nn.Module, checkpoint: str | None) -> Non
 
 
 def check_before_run(config: DictConfig, folder_key: str) -> None:
-    """The check a Hydra CheckBeforeRun callback runs before the run folder is created or written to."""
+    """The check to run before Hydra creates or writes into the run folder (folder_key "hydra.run.dir"). A
+    multirun ("hydra.sweep.dir") is left to train(), which checks each job's own folder."""
     run_dir = OmegaConf.select(config, folder_key)
-    if run_dir:
+    if run_dir and folder_key == "hydra.run.dir":
         check_run_folder(config, run_dir)
