@@ -3,21 +3,12 @@
 from __future__ import annotations
 
 import csv
-from pathlib import Path
-
-from omegaconf import OmegaConf
 
 from ddim.evaluation.reports.sweep_callback import _failure_record
 from ddim.evaluation.reports.tables import nfe_pivot, write_nfe_table
 
-SAMPLER_DEFAULTS = OmegaConf.load(Path(__file__).resolve().parents[2] / "conf" / "sampler" / "ddim.yaml")
 
-
-def _job_config(**sampler) -> OmegaConf:
-    return OmegaConf.create({"sampler": {**OmegaConf.to_container(SAMPLER_DEFAULTS), **sampler}})
-
-
-def test_a_failed_solver_job_shows_as_a_dash_in_the_nfe_table(tmp_path):
+def test_a_failed_solver_job_shows_as_a_dash_in_the_nfe_table(tmp_path, compose_config):
     ok = [
         {"sampler": "heun", "sampler_label": "heun_karras", "steps": 3, "nfe": 5, "fid": 7.0, "n_samples": 6},
         {
@@ -29,7 +20,7 @@ def test_a_failed_solver_job_shows_as_a_dash_in_the_nfe_table(tmp_path):
         },
     ]
     # Heun with S=500 on a T=100 model fails; its settings still say where its cell is: 2*500-1 calls.
-    config = _job_config(name="heun", skip_type="karras", steps=500)
+    config = compose_config(["ckpt=x", "sampler=heun", "sampler.steps=500"], config_name="eval")
     failed = _failure_record(config, ValueError("sampler.steps must be an integer in [1, 100], got 500."))
     assert failed["status"] == "failed" and failed["sampler_label"] == "heun_karras" and failed["nfe"] == 999
 
@@ -43,9 +34,10 @@ def test_a_failed_solver_job_shows_as_a_dash_in_the_nfe_table(tmp_path):
     assert table["heun_karras"]["NFE=999"] == "" and table["heun_karras"]["NFE=5"] == "7"
 
 
-def test_a_failed_job_whose_settings_make_no_cell_leaves_the_table_intact(tmp_path):
+def test_a_failed_job_whose_settings_make_no_cell_leaves_the_table_intact(tmp_path, compose_config):
     # steps=abc: no NFE to place it at; the others' table is still written and the job's log says why.
-    failed = _failure_record(_job_config(name="unipc", steps="abc"), ValueError("bad steps"))
+    config = compose_config(["ckpt=x", "sampler=unipc", "sampler.steps=abc"], config_name="eval")
+    failed = _failure_record(config, ValueError("bad steps"))
     assert failed["status"] == "failed" and "nfe" not in failed
     ok = {"sampler": "unipc", "sampler_label": "unipc2_logsnr", "steps": 3, "nfe": 3, "fid": 4.0}
     assert nfe_pivot([ok, failed])[0] == ["unipc2_logsnr"]
