@@ -19,8 +19,8 @@ log = logging.getLogger("train")
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
-def main(cfg: DictConfig) -> None:
-    run_reporting_user_errors(train, cfg, log)
+def main(cfg: DictConfig) -> dict:
+    return run_reporting_user_errors(train, cfg, log)  # in a multirun, {"failed": ...} marks a failed job
 
 
 if __name__ == "__main__":

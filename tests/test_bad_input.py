@@ -146,7 +146,7 @@ CASES = [
     ("eval", ["hydra.run.dir=FILE/run"], "hydra.run.dir=FILE/run lies under FILE, which is a file"),
     ("train", ["hydra.run.dir=FILE/run"], "hydra.run.dir=FILE/run lies under FILE, which is a file"),
     ("eval", ["samples_dir=FILE/samples"], "samples_dir=FILE/samples lies under FILE, which is a file"),
-    ("eval", ["paths.cache_dir=FILE/cache"], "fid.cache_dir (paths.cache_dir)=FILE/cache lies under FILE"),
+    ("eval", ["paths.cache_dir=FILE/cache"], "The FID cache paths.cache_dir=FILE/cache lies under FILE"),
     # A multirun: every job is checked before the first one runs.
     ("eval", ["-m", "sampler.steps=10,abc"], "sampler.steps=abc is invalid"),
     ("train", ["-m", "seed=1,-2"], "seed=-2 is invalid"),

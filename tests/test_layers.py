@@ -16,6 +16,7 @@ LAYERS: tuple[tuple[str, int], ...] = (
     ("ddim.io", 0),
     ("ddim.images", 0),
     ("ddim.settings", 0),
+    ("ddim.command_line", 0),
     ("ddim.cpu_threads", 0),  # no ddim imports, torch only lazily: entry points call it before torch loads
     ("ddim.diffusion", 1),
     ("ddim.nets", 2),

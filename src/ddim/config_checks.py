@@ -13,7 +13,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from ddim.io import file_in_the_way
+from ddim.io import file_in_the_way, unwritable_folder
 from ddim.settings import Range, SettingsError, check
 
 # Trainer keys whose valid range Lightning's annotations do not say (they are checked deep inside it).
@@ -107,11 +107,18 @@ def choice(cfg: DictConfig, group: str) -> str:
 
 
 def check_folder(path: Any, key: str) -> None:
-    """A folder the run will create must not lie under a regular file (mkdir would fail mid-run)."""
+    """A folder the run will create must not lie under a regular file or in a read-only folder (mkdir, the
+    first file or Hydra's log would fail mid-run)."""
     blocker = file_in_the_way(Path(str(path)))
     if blocker is not None:
         raise SettingsError(
             f"{key}={path} lies under {blocker}, which is a file, not a folder: choose another {key}."
+        )
+    read_only = unwritable_folder(Path(str(path)))
+    if read_only is not None:
+        raise SettingsError(
+            f"{key}={path} cannot be written: {read_only} is read-only for this user. Choose a writable {key}, "
+            f"or make {read_only} writable."
         )
 
 

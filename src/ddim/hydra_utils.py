@@ -19,9 +19,11 @@ from typing import Any
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from ddim.command_line import explain_override_error, quote_unicode_overrides
 from ddim.errors import DDIMError, user_error_in
 
 # Hydra flags that do not run a job (or choose another config): the command line is left to Hydra.
@@ -63,6 +65,29 @@ def run_reporting_user_errors(task: Callable[[DictConfig], Any], cfg: DictConfig
         sys.exit(2)
 
 
+class FailedJobsExitCode(Callback):
+    """A multirun in which jobs failed with a user error (each returned {"failed": message}, see
+    run_reporting_user_errors, and logged its line) exits 1 once every job has run, not 0."""
+
+    def __init__(self) -> None:
+        self.failed: list[str] = []
+
+    def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
+        from hydra.core.utils import JobStatus
+
+        value = job_return.return_value if job_return.status == JobStatus.COMPLETED else None
+        if isinstance(value, dict) and "failed" in value:
+            self.failed.append(f"{config.hydra.job.num} ({config.hydra.job.override_dirname})")
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        if self.failed:
+            logging.getLogger(__name__).error(
+                f"{len(self.failed)} job(s) of the multirun failed: {', '.join(self.failed)}; each job's log "
+                f"under {config.hydra.sweep.dir} says why."
+            )
+            raise SystemExit(1)
+
+
 def check_command_line(
     conf_dir: Path, config_name: str, check: Check, argv: Sequence[str] | None = None
 ) -> None:
@@ -75,7 +100,7 @@ def check_command_line(
     args = list(sys.argv[1:] if argv is None else argv)
     if any(a.split("=")[0] in PASS_THROUGH for a in args):
         return
-    quoted = [quote_unicode(a) for a in args]
+    quoted = quote_unicode_overrides(args)
     if argv is None and quoted != args:
         sys.argv[1:] = quoted
     multirun = any(a in ("-m", "--multirun") for a in quoted)
@@ -94,13 +119,6 @@ def check_command_line(
         raise SystemExit(2) from None
     finally:
         HydraConfig.instance().cfg = hydra_config
-
-
-def quote_unicode(arg: str) -> str:
-    """key=value with non-ASCII letters in a plain value -> key="value" (Hydra's grammar needs the quotes)."""
-    key, sep, value = arg.partition("=")
-    plain = value and not re.search(r"[\"',\[\]{}()$]", value) and not arg.startswith("-")
-    return f'{key}{sep}"{value}"' if sep and plain and not value.isascii() else arg
 
 
 def jobs(config_name: str, overrides: list[str], multirun: bool) -> list[list[str]]:
@@ -199,6 +217,9 @@ def explain_hydra_error(err: BaseException, overrides: Sequence[str], config_nam
     missing_group = re.search(r"Could not find '([^']+)'", text)
     if missing_group:
         return f"{missing_group.group(1)} is not a config group or option here; check the spelling of the override."
+    unicode = explain_override_error(text)
+    if unicode is not None:
+        return unicode
     if "LexerNoViableAltException" in text or "no viable alternative" in text or "mismatched input" in text:
         bad = next(
             (o for o in overrides if o.strip() and o.split("=")[-1] and o.split("=")[-1] in text), None

@@ -175,3 +175,13 @@ def file_in_the_way(path: str | os.PathLike) -> Path | None:
         if parent.exists():
             return None if parent.is_dir() else parent
     return None
+
+
+def unwritable_folder(path: str | os.PathLike) -> Path | None:
+    """The existing folder where writing `path` would fail for lack of permission (a read-only folder or file
+    system): path itself, or its nearest existing parent when path is yet to be made; None when writing can
+    go ahead (or a file stands in the way, which file_in_the_way reports)."""
+    for parent in (Path(path).absolute(), *Path(path).absolute().parents):
+        if parent.exists():
+            return None if not parent.is_dir() or os.access(parent, os.W_OK | os.X_OK) else parent
+    return None

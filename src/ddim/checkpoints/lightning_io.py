@@ -13,6 +13,7 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
+import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 
 from ddim.checkpoints.files import CheckpointError, safe_load
@@ -42,6 +43,25 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         if not _is_local(path):
             return super().load_checkpoint(path, map_location=map_location, weights_only=True)
         return safe_load(path)  # tensors and plain containers only: never pickled code
+
+
+# What a Lightning checkpoint holds besides the weights, and a resume needs.
+TRAINING_STATE_KEYS = ("pytorch-lightning_version", "global_step", "optimizer_states", "state_dict")
+
+
+def read_training_checkpoint(path: str | Path) -> dict[str, Any]:
+    """A checkpoint to resume training from, its tensors memory-mapped (read only when used), with one clear
+    CheckpointError for an unreadable file or one that holds weights without training state."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # noqa: BLE001 - let the plain reader name what is wrong with the file
+        ckpt = safe_load(path)
+    if not isinstance(ckpt, dict) or not all(key in ckpt for key in TRAINING_STATE_KEYS):
+        raise CheckpointError(
+            f"{path} holds weights but no training state (step, optimizer, loops), so training cannot resume "
+            f"from it. Evaluate it with python src/eval.py ckpt={path}, or start a new run without ckpt_path."
+        )
+    return ckpt
 
 
 def remove_interrupted_saves(checkpoint_dir: str | Path) -> None:

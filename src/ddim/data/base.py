@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from ddim.data.image_check import read_image
 from ddim.data.resumable import ResumableLoader
 from ddim.errors import DDIMError
 from ddim.images import from_pil
@@ -60,9 +61,7 @@ class ImageFiles(Dataset):
         return len(self.paths)
 
     def __getitem__(self, index: int) -> torch.Tensor:
-        with Image.open(self.paths[index]) as img:
-            img = self.transform(img.convert("RGB"))
-        return to_unit_range(from_pil(img))
+        return to_unit_range(from_pil(self.transform(read_image(self.paths[index]))))
 
 
 def resize(img: Image.Image, image_size: int) -> Image.Image:

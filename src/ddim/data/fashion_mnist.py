@@ -20,6 +20,7 @@ from ddim.data.base import (
 from ddim.settings import Count
 
 FASHION_MNIST_DEBIAN_DIR = "/usr/share/datasets/fashion-mnist"
+FASHION_MNIST_SIDE = 28
 
 
 def read_idx_images(path: str | os.PathLike) -> np.ndarray:
@@ -36,6 +37,11 @@ def read_idx_images(path: str | os.PathLike) -> np.ndarray:
     if len(raw) != 16 + n * rows * cols:
         raise DatasetNotFoundError(
             f"{path} is truncated or corrupted: header says {n}x{rows}x{cols} pixels, file holds {len(raw) - 16}."
+        )
+    if n == 0:
+        raise DatasetNotFoundError(
+            f"{path} holds no images (its header says 0): the file was cut short or written empty; replace it "
+            "with the Fashion-MNIST file (apt-get install dataset-fashion-mnist) or point data.root elsewhere."
         )
     return np.frombuffer(raw, dtype=np.uint8, offset=16).reshape(n, rows, cols)
 
@@ -76,7 +82,15 @@ class FashionMNISTDataModule(ImageDataModule):
         )
 
     def _build(self, train: bool) -> Dataset:
-        x = torch.from_numpy(read_idx_images(self._file("train" if train else "t10k")).copy())[:, None]
+        path = self._file("train" if train else "t10k")
+        images = read_idx_images(path)
+        if images.shape[1:] != (FASHION_MNIST_SIDE, FASHION_MNIST_SIDE):
+            rows, cols = images.shape[1:]
+            raise DatasetNotFoundError(
+                f"{path} holds {rows}x{cols} images; Fashion-MNIST's are {FASHION_MNIST_SIDE}x{FASHION_MNIST_SIDE}: "
+                "point data.root at the Fashion-MNIST files (or train on other images with data=image_folder)."
+            )
+        x = torch.from_numpy(images.copy())[:, None]
         size = x.shape[-1]
         if self.image_size == size:
             return TensorImages(x)

@@ -20,6 +20,7 @@ from ddim.config_checks import (
 )
 from ddim.diffusion.schedule import make_betas
 from ddim.errors import DDIMError
+from ddim.metrics.cache import check_cache_dir
 from ddim.metrics.scoring import FIDSettings
 from ddim.samplers import Sampler
 from ddim.samplers.base import sampler_from_settings
@@ -83,7 +84,7 @@ def check_eval_config(cfg: DictConfig, folder_key: str | None = None) -> Checked
     fid_values = plain(cfg.fid, "fid")
     check(FIDSettings, fid_values, "fid", choice(cfg, "fid"))
     check_target_group(cfg.get("logger"), "logger")
-    check_folder(fid_values["cache_dir"], "fid.cache_dir (paths.cache_dir)")
+    check_cache_dir(fid_values["cache_dir"])
     if folder_key is not None:
         check_folder(OmegaConf.select(cfg, folder_key), folder_key)
         if folder_key == "hydra.run.dir":

@@ -12,6 +12,7 @@ import hydra
 import torch
 
 from ddim.errors import DDIMError
+from ddim.metrics.cache import guards_cache
 from ddim.metrics.fid import FID_LAYER, IS_LAYER, Statistics, compute_metrics, extract_features
 from ddim.metrics.inception import WEIGHT_SOURCES, build_inception, resolve_inception_weights
 from ddim.metrics.reference import reference_statistics
@@ -76,6 +77,7 @@ class FIDSettings:
     feature_extractor: Mapping[str, Any] | None
 
 
+@guards_cache  # a cache path under a file, or a read-only cache that must grow: one line, nothing generated
 def prepare_scorer(
     f: FIDSettings,
     *,

@@ -22,6 +22,7 @@ from ddim.config_checks import (
     choice,
 )
 from ddim.settings import Count, Seed
+from ddim.training import run_folder
 
 GROUPS = {"paths", "data", "model", "trainer", "callbacks", "logger"}
 
@@ -50,5 +51,7 @@ def check_train_config(cfg: DictConfig, run_dir: str | Path | None = None) -> Tr
 
 
 def check_before_run(config: DictConfig, folder_key: str) -> None:
-    """What src/train.py checks before Hydra starts (hydra_utils.check_command_line)."""
+    """What src/train.py checks before Hydra starts (hydra_utils.check_command_line): the settings, then that
+    a run folder holding another run is not overwritten (run_folder.check_before_run)."""
     check_train_config(config, run_dir=OmegaConf.select(config, folder_key))
+    run_folder.check_before_run(config, folder_key)

@@ -12,13 +12,14 @@ import pytorch_lightning as pl
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from ddim.checkpoints.lightning_io import AtomicCheckpointIO, remove_interrupted_saves, resolve_resume_path
+from ddim.checkpoints.lightning_io import AtomicCheckpointIO, remove_interrupted_saves
 from ddim.cpu_threads import describe_threads, set_cpu_threads
 from ddim.errors import DDIMError
 from ddim.hydra_utils import instantiate_group
 from ddim.io import write_json
 from ddim.training.checks import check_train_config
 from ddim.training.random_streams import RandomStreams
+from ddim.training.run_folder import check_checkpoint_fits, check_run_folder
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +28,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit the model described by cfg; returns (and writes to metrics.json) what was measured."""
     output_dir = Path(cfg.paths.output_dir)
     check_train_config(cfg, run_dir=output_dir)
-    resume_from = resolve_resume_path(cfg.get("ckpt_path"), output_dir)
+    resume_from = check_run_folder(cfg, output_dir)  # no run overwritten, a resume with steps left
     set_cpu_threads(cfg.get("cpu_threads"))
     log.info(describe_threads())
     if cfg.get("seed") is not None:
@@ -40,6 +41,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             f"The data gives images of shape {tuple(datamodule.image_shape)} but the model expects "
             f"{tuple(model.image_shape)}: set model.net.in_channels/resolution (or data.image_size) to match."
         )
+    check_checkpoint_fits(model, resume_from)
     # First, so every other callback's step hooks run outside the training step's random stream.
     callbacks = [RandomStreams(cfg.get("seed")), *instantiate_group(cfg.get("callbacks"))]
     loggers = instantiate_group(cfg.get("logger"))

@@ -10,10 +10,13 @@ from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
+from ddim.diffusion.schedule import Schedule
 from ddim.evaluation.reports.tables import is_ddim, paper_key, write_nfe_table, write_table1
 from ddim.io import write_json
+from ddim.samplers import Sampler
+from ddim.samplers.base import sampler_from_settings
 
 log = logging.getLogger(__name__)
 
@@ -35,14 +38,27 @@ def collect_records(root: str | Path) -> list[dict[str, Any]]:
 def _failure_record(config: DictConfig, error: BaseException) -> dict[str, Any]:
     """What a failed job was meant to measure (its table cell) and why it failed."""
     record: dict[str, Any] = {"status": "failed", "error": str(error).strip().splitlines()[0][:500]}
-    sampler = config.get("sampler") or {}
-    record["sampler"] = str(sampler.get("name", "ddim"))  # a failed solver job is no Table 1 cell
+    values = OmegaConf.to_container(config.get("sampler") or {}, resolve=True)
     try:
-        record.update(eta=float(sampler.get("eta")), steps=int(sampler.get("steps")))
-        record["variance"] = str(sampler.get("variance", "eta"))
-    except (TypeError, ValueError):
-        pass  # not a table cell (e.g. steps=abc): the job's own log says what was wrong
+        settings = sampler_from_settings(values)
+    except Exception:  # noqa: BLE001 - settings that make no cell (e.g. steps=abc): the job's log says why
+        return record
+    record["sampler"] = settings.name  # a failed solver job is no Table 1 cell
+    if settings.name == "ddim":
+        record.update(eta=settings.eta, steps=settings.steps, variance=settings.variance)
+    record.update(_nfe_cell(settings))
     return record
+
+
+def _nfe_cell(settings: Sampler) -> dict[str, Any]:
+    """The failed job's row and column of the quality-per-NFE table: its settings' label and the network
+    calls they would make (counted on a linear schedule with a T large enough for its steps: a failed job
+    may ask for more than T)."""
+    try:
+        T = max(1000, settings.steps, *(t + 1 for t in settings.timesteps or ()))
+        return {"sampler_label": settings.label(), "nfe": settings.nfe(Schedule.from_config("linear", T))}
+    except Exception:  # noqa: BLE001 - settings that make no cell: the job's log says why
+        return {}
 
 
 class SweepTableCallback(Callback):

@@ -199,16 +199,21 @@ def write_table1(
 
 
 def nfe_pivot(records: Iterable[dict[str, Any]], value: str = "fid") -> tuple[list[str], list[int], dict]:
-    """(sampler labels, NFE values, {(label, NFE): value}): rows keep the order samplers first appear in."""
+    """(sampler labels, NFE values, {(label, NFE): value}): rows keep the order samplers first appear in; a
+    failed job keeps its row and column, shown as '-' (as in Table 1)."""
     cells: dict[tuple[str, int], float] = {}
     rows: list[str] = []
+    cols: set[int] = set()
     for r in records:
-        if r.get(value) is None or r.get("nfe") is None:
+        failed = r.get("status") == "failed"
+        if r.get("nfe") is None or (r.get(value) is None and not failed):
             continue
         label = r.get("sampler_label") or f"{r.get('sampler', 'ddim')}"
         rows += [label] * (label not in rows)
-        cells[(label, int(r["nfe"]))] = float(r[value])
-    return rows, sorted({c for _, c in cells}), cells
+        cols.add(int(r["nfe"]))
+        if r.get(value) is not None:
+            cells[(label, int(r["nfe"]))] = float(r[value])
+    return rows, sorted(cols), cells
 
 
 def write_nfe_table(
