@@ -9,8 +9,10 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[2]
 TESTS = ROOT / "tests"
@@ -70,3 +72,26 @@ def ema_unet(tiny_ckpt, tiny_net) -> torch.nn.Module:
     net = UNet(**tiny_net).eval()
     net.load_state_dict({k[len("ema_net.") :]: v for k, v in sd.items() if k.startswith("ema_net.")})
     return net
+
+
+@pytest.fixture
+def labeled_figure() -> Callable[[Path | str], np.ndarray]:
+    """labeled_figure(path): checks that <name>.png holds its <name>_raw.png grid unchanged at the bottom, with
+    label ink (dark pixels on the white bands) above it and to its left; returns the raw grid's pixels."""
+
+    def check(path: Path | str) -> np.ndarray:
+        path = Path(path)
+        labeled = np.asarray(Image.open(path))
+        grid = np.asarray(Image.open(path.with_name(f"{path.stem}_raw{path.suffix}")))
+        top, width = labeled.shape[0] - grid.shape[0], grid.shape[1]
+        lefts = [
+            x
+            for x in range(labeled.shape[1] - width + 1)
+            if np.array_equal(labeled[top:, x : x + width], grid)
+        ]
+        assert lefts, f"{path.name} does not contain {path.stem}_raw{path.suffix}"
+        assert top > 0 and labeled[:top].min() < 128, "no title or column labels above the grid"
+        assert lefts[0] > 0 and labeled[top:, : lefts[0]].min() < 128, "no row labels left of the grid"
+        return grid
+
+    return check

@@ -219,7 +219,7 @@ def test_fid_task_writes_metrics_with_the_plugged_in_extractor(
 
 
 def test_reconstruction_task_writes_table2(
-    tiny_ckpt, tmp_path, eval_cfg, eval_overrides, ema_unet, tiny_schedule
+    tiny_ckpt, tmp_path, eval_cfg, eval_overrides, ema_unet, tiny_schedule, labeled_figure
 ):
     out = tmp_path / "run"
     cfg = eval_cfg(
@@ -244,9 +244,10 @@ def test_reconstruction_task_writes_table2(
             rec = reconstruct(ema_unet, x0, seq, schedule)
         expected = ((rec.clamp(-1, 1) - x0) / 2).pow(2).mean().item()
         assert record["mse"][str(steps)] == pytest.approx(expected, rel=1e-5)
-    # Figure rows: original, S=2, S=5; 5 columns of 8x8 images with 2-pixel padding.
+    # Figure rows: original, S=2, S=5; 5 columns of 8x8 images with 2-pixel padding (labelled, and raw).
     k = upscale_factor(5 * 10 + 2)  # small grids are enlarged k times (nearest neighbour)
-    assert Image.open(out / "reconstruction.png").size == (k * (5 * 10 + 2), k * (3 * 10 + 2))
+    assert labeled_figure(out / "reconstruction.png").shape == (k * (3 * 10 + 2), k * (5 * 10 + 2))
+    assert record["columns_of_figure"] == [0, 1, 2, 3, 4]
 
 
 def test_the_image_size_comes_from_the_checkpoint_unless_given(tiny_ckpt, tmp_path, eval_cfg, eval_overrides):
@@ -268,14 +269,14 @@ def test_the_image_size_comes_from_the_checkpoint_unless_given(tiny_ckpt, tmp_pa
     ],
 )
 def test_visual_tasks_write_their_figure(
-    tiny_ckpt, tmp_path, task, extra, rows, cols, eval_cfg, eval_overrides
+    tiny_ckpt, tmp_path, task, extra, rows, cols, eval_cfg, eval_overrides, labeled_figure
 ):
     out = tmp_path / task
     record = evaluate(eval_cfg([*eval_overrides(tiny_ckpt, out), f"task={task}", *extra]))
     figure = out / f"{task}.png"
     assert record["figure"] == str(figure)
     k = upscale_factor(cols * 10 + 2)
-    assert Image.open(figure).size == (k * (cols * 10 + 2), k * (rows * 10 + 2))
+    assert labeled_figure(figure).shape[:2] == (k * (rows * 10 + 2), k * (cols * 10 + 2))
     assert json.loads((out / "metrics.json").read_text())["task"] == task
 
 

@@ -67,7 +67,7 @@ def test_continuations_share_the_chain_state_and_end_in_the_chain_sample(traject
 
 
 def test_progressive_task_writes_the_decompression_and_shared_latent_figures(
-    tiny_ckpt, tmp_path, eval_cfg, eval_overrides
+    tiny_ckpt, tmp_path, eval_cfg, eval_overrides, labeled_figure
 ):
     out = tmp_path / "run"
     args = ["task=progressive", "progressive.n_samples=2", "progressive.every=2", "sampler.steps=5"]
@@ -77,22 +77,24 @@ def test_progressive_task_writes_the_decompression_and_shared_latent_figures(
     assert set(figures) == {"progressive", "decompression", "shared_latents"}
     saved = json.loads((out / "metrics.json").read_text())
     assert saved["figures"] == figures and saved["task"] == "progressive"
+    assert saved["frame_timesteps"] == [80, 40, 0]  # every 2nd step of [0, 20, 40, 60, 80], from the top
     # decompression: 2 rows per test image (x_t, x0_hat), columns x_0 then each t
     cols, rows = 1 + 4, 2 * 3
     k = upscale_factor(cols * 10 + 2)
-    assert Image.open(figures["decompression"]).size == (k * (cols * 10 + 2), k * (rows * 10 + 2))
+    assert labeled_figure(figures["decompression"]).shape == (k * (rows * 10 + 2), k * (cols * 10 + 2))
     # shared latents: one row per stop on the 5-step sequence [0, 20, 40, 60, 80] (99 -> 80, 60, 20, 0),
     # columns x_t then the continuations
     assert saved["shared_latent_timesteps"] == [80, 60, 20, 0]
     cols, rows = 1 + 4, 4
     k = upscale_factor(cols * 10 + 2)
-    assert Image.open(figures["shared_latents"]).size == (k * (cols * 10 + 2), k * (rows * 10 + 2))
+    assert labeled_figure(figures["shared_latents"]).shape == (k * (rows * 10 + 2), k * (cols * 10 + 2))
+    assert saved["figures_raw"]["shared_latents"].endswith("shared_latents_raw.png")
     # the first tile of the decompression figure is test image 0 itself
     from ddim.data.digits import DigitsDataModule
     from ddim.images import to_uint8
 
     assert saved["decompression_timesteps"] == [99, 60, 20, 0] and saved["split"] == "test"
-    pixels = torch.from_numpy(np.array(Image.open(figures["decompression"]).convert("L")))
+    pixels = torch.from_numpy(np.array(Image.open(saved["figures_raw"]["decompression"]).convert("L")))
     k = upscale_factor(5 * 10 + 2)
     tile = pixels[2 * k :: k][:8, 2 * k :: k][:, :8]
     assert torch.equal(tile, to_uint8(DigitsDataModule(image_size=8).test_set[0])[0])

@@ -24,7 +24,15 @@ from ddim.samplers.base import (
 )
 from ddim.samplers.ddim import DDIM, encode, generalized_step, noise_std, reconstruct, sample
 from ddim.samplers.dpm_solver import DPMSolver, DPMSolverPP, SDEDPMSolverPP
-from ddim.samplers.figures import consistency, denoise_from, interpolate, progressive, shared_latents, slerp
+from ddim.samplers.figures import (
+    consistency,
+    denoise_from,
+    interpolate,
+    progressive,
+    progressive_frames,
+    shared_latents,
+    slerp,
+)
 from ddim.samplers.karras import Euler, EulerAncestral, Heun
 from ddim.samplers.pndm import PNDM
 from ddim.samplers.unipc import UniPC
@@ -53,6 +61,7 @@ __all__ = [
     "noise_std",
     "per_sample_generators",
     "progressive",
+    "progressive_frames",
     "reconstruct",
     "sample",
     "shared_latents",

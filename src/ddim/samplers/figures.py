@@ -5,7 +5,7 @@ predicted from x_t ~ q(x_t | x_0) of a real image, and samples of p(x_0 | x_t) s
 Every figure decodes with the Sampler it is given (any registered one; the per-step callback supplies the
 x0_hat of progressive generation), so DDIM stays the default only where the paper used it. Each returns a
 (rows, cols, C, H, W) tensor, rows = samples and cols = the varied quantity, which
-`ddim.images.save_grid` lays out as given.
+`ddim.images.save_labeled_grid` lays out as given.
 """
 
 from __future__ import annotations
@@ -91,9 +91,25 @@ def progressive(
     every: an int k keeps steps 0, k, 2k, ... and the last step; a sequence keeps those step indices
     (0 = the first step, from the noisiest level). The last step's x0_hat is the final sample's estimate.
     """
-    frames: dict[int, torch.Tensor] = {}
+    return progressive_frames(sampler, eps_fn, x_T, schedule, every, generator)[0]
+
+
+def progressive_frames(
+    sampler: Sampler,
+    eps_fn: EpsFn,
+    x_T: torch.Tensor,
+    schedule: Schedule,
+    every: int | Sequence[int] = 1,
+    generator: Generators = None,
+) -> tuple[torch.Tensor, list[int]]:
+    """progressive(...) and the timestep the network saw at each kept frame (what a figure's columns show)."""
+    frames: dict[int, tuple[int, torch.Tensor]] = {}
     sampler.run(
-        eps_fn, x_T, schedule, generator, callback=lambda step: frames.__setitem__(step.i, step.x0_hat)
+        eps_fn,
+        x_T,
+        schedule,
+        generator,
+        callback=lambda step: frames.__setitem__(step.i, (step.t, step.x0_hat)),
     )
     n_steps = len(frames)
     if isinstance(every, int):
@@ -106,7 +122,7 @@ def progressive(
             raise SamplerError(
                 f"progressive: step indices must lie in [0, {n_steps - 1}], got {list(every)}."
             )
-    return torch.stack([frames[k] for k in keep], dim=1)
+    return torch.stack([frames[k][1] for k in keep], dim=1), [frames[k][0] for k in keep]
 
 
 def denoise_from(

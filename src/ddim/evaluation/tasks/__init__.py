@@ -25,6 +25,7 @@ TASKS: dict[str, str] = {
     "interpolation": "ddim.evaluation.tasks.interpolation:run",
     "consistency": "ddim.evaluation.tasks.consistency:run",
     "progressive": "ddim.evaluation.tasks.progressive:run",
+    "ddpm_interpolation": "ddim.evaluation.tasks.ddpm_interpolation:run",
     "nll": "ddim.evaluation.tasks.nll:run",
     "rate_distortion": "ddim.evaluation.tasks.rate_distortion:run",
 }

@@ -1,9 +1,12 @@
-"""Shared by the figure tasks (interpolation, consistency, progressive): small, single-process, one figure
-each, drawn from the first latents of the run's seed."""
+"""Shared by the figure tasks (interpolation, consistency, progressive, ddpm_interpolation): small,
+single-process, drawn from the first latents of the run's seed. Every figure is written twice: <name>.png with
+the labels that say what each row and column shows, and <name>_raw.png, the same grid without them."""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -11,7 +14,7 @@ import torch
 from ddim.errors import DDIMError
 from ddim.evaluation.context import EvalContext
 from ddim.evaluation.reports.results import TaskResult
-from ddim.images import save_grid
+from ddim.images import raw_grid_path, save_labeled_grid
 from ddim.samplers import Sampler, initial_noise, per_sample_generators
 
 
@@ -35,16 +38,35 @@ def deterministic_sampler(ctx: EvalContext, task: str) -> Sampler:
     return ctx.sampler
 
 
+def save_figure(
+    grid: torch.Tensor,
+    path: Path,
+    row_labels: Sequence[str] | None,
+    col_labels: Sequence[str] | None,
+    title: str,
+) -> tuple[Path, Path]:
+    """<name>.png with its labels and <name>_raw.png without them; returns both paths."""
+    raw = raw_grid_path(path)
+    return save_labeled_grid(grid, path, row_labels, col_labels, title, raw_path=raw), raw
+
+
 def figure_result(
-    ctx: EvalContext, task: str, grid: torch.Tensor, info: dict[str, Any], t0: float
+    ctx: EvalContext,
+    task: str,
+    grid: torch.Tensor,
+    info: dict[str, Any],
+    t0: float,
+    labels: tuple[Sequence[str] | None, Sequence[str] | None, str],
 ) -> TaskResult:
-    """Write <task>.png into the run directory and describe it."""
-    path = save_grid(grid, ctx.output_dir / f"{task}.png")
+    """Write <task>.png (labels: rows, columns, title) and <task>_raw.png into the run directory and
+    describe them."""
+    path, raw = save_figure(grid, ctx.output_dir / f"{task}.png", *labels)
     record = {
         "task": task,
         **ctx.sampler_record(ctx.sampler),
         **info,
         "figure": str(path),
+        "figure_raw": str(raw),
         "wall_time_s": round(time.perf_counter() - t0, 3),
     }
     return TaskResult(record, images={task: path})

@@ -21,4 +21,10 @@ def run(ctx: EvalContext, *, n_samples: Count, steps: Sequence[Count]) -> TaskRe
     x_T, _ = latents(ctx, int(n_samples))
     steps = [int(s) for s in steps]
     grid = consistency(deterministic_sampler(ctx, "consistency"), network(ctx), x_T, steps, ctx.schedule)
-    return figure_result(ctx, "consistency", grid, {"n_samples": int(n_samples), "steps_list": steps}, t0)
+    labels = (
+        [f"x_T #{i}" for i in range(int(n_samples))],
+        [f"S={s}" for s in steps],
+        f"one x_T per row decoded with S steps: {ctx.sampler.label()}",
+    )
+    info = {"n_samples": int(n_samples), "steps_list": steps}
+    return figure_result(ctx, "consistency", grid, info, t0, labels)

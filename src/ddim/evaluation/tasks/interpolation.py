@@ -33,4 +33,10 @@ def run(ctx: EvalContext, *, n_pairs: Count, n_points: Annotated[int, Range(ge=2
         "n_points": int(n_points),
         "note": f"{ctx.sampler.tag()} decoding of slerp(z0, z1, alpha)",
     }
-    return figure_result(ctx, "interpolation", grid, info, t0)
+    alphas = torch.linspace(0.0, 1.0, int(n_points), dtype=torch.float64).tolist()
+    labels = (
+        [f"x_T #{2 * k}, #{2 * k + 1}" for k in range(int(n_pairs))],
+        [f"alpha={a:.2f}" for a in alphas],
+        f"slerp(x_T #2k, x_T #2k+1, alpha) decoded by {ctx.sampler.tag()}",
+    )
+    return figure_result(ctx, "interpolation", grid, info, t0, labels)

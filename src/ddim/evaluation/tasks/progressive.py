@@ -1,5 +1,7 @@
 """task=progressive: DDPM's progressive generation and decompression (Sec. 4.3), three figures:
 
+Each is written with its labels (t of each column, sample or image of each row) and as <name>_raw.png without.
+
 progressive.png     x0_hat along one chain of the configured sampler (DDPM Fig. 6 with sampler=ddpm)
 decompression.png   real images of the data split: x_t ~ q(x_t | x_0) and the network's x0_hat(x_t) at
                     each of progressive.timesteps (what a receiver holding x_t could reconstruct)
@@ -22,10 +24,16 @@ import torch
 from ddim.errors import DDIMError
 from ddim.evaluation.context import EvalContext
 from ddim.evaluation.reports.results import TaskResult
-from ddim.evaluation.tasks._figure import latents, network
+from ddim.evaluation.tasks._figure import latents, network, save_figure
 from ddim.evaluation.tasks.nll import SPLITS, image_batch, split_dataset
-from ddim.images import save_grid
-from ddim.samplers import denoise_from, initial_noise, per_sample_generators, progressive, shared_latents
+from ddim.images import raw_grid_path
+from ddim.samplers import (
+    denoise_from,
+    initial_noise,
+    per_sample_generators,
+    progressive_frames,
+    shared_latents,
+)
 from ddim.settings import Count, NonNegativeInt
 
 # Continuation c of stop k draws from the generator of sample index CONTINUATION_INDEX + k * n + c: far above
@@ -68,9 +76,20 @@ def chain_figure(ctx: EvalContext, n_samples: int, every: int | None) -> tuple[P
     seq = ctx.sampler.sequence(ctx.schedule)
     x_T, generators = latents(ctx, n_samples)
     every = every or max(1, len(seq) // 10)
-    chain = progressive(ctx.sampler, network(ctx), x_T, ctx.schedule, every=every, generator=generators)
-    path = save_grid(chain, ctx.output_dir / "progressive.png")
-    return path, {"n_samples": n_samples, "every": every, "frames": int(chain.shape[1])}
+    chain, ts = progressive_frames(ctx.sampler, network(ctx), x_T, ctx.schedule, every, generators)
+    path, _ = save_figure(
+        chain,
+        ctx.output_dir / "progressive.png",
+        [f"sample #{i}" for i in range(n_samples)],
+        [f"t={t}" for t in ts],
+        f"x0_hat predicted at step t along the chain of {ctx.sampler.tag()}",
+    )
+    return path, {
+        "n_samples": n_samples,
+        "every": every,
+        "frames": int(chain.shape[1]),
+        "frame_timesteps": ts,
+    }
 
 
 def decompression_figure(
@@ -83,7 +102,13 @@ def decompression_figure(
     x_ts, x0_hats = denoise_from(network(ctx), x0, ts, ctx.schedule, noise)
     originals = x0[:, None]
     rows = torch.stack([torch.cat([originals, x_ts], 1), torch.cat([originals, x0_hats], 1)], 1)
-    path = save_grid(rows.flatten(0, 1), ctx.output_dir / "decompression.png")
+    path, _ = save_figure(
+        rows.flatten(0, 1),
+        ctx.output_dir / "decompression.png",
+        [f"image #{i} {kind}" for i in range(n) for kind in ("x_t", "x0_hat")],
+        ["x_0"] + [f"t={t}" for t in ts],
+        "x_t ~ q(x_t | x_0) and the network's x0_hat(x_t) at step t (one noise draw per image)",
+    )
     return path, {"n_images": n, "decompression_timesteps": ts}
 
 
@@ -99,7 +124,13 @@ def shared_latents_figure(
         continuation_generators(ctx.seed, len(stops), n_continuations),
         eta=1.0, variance=getattr(s, "variance", "eta"), clip_x0=getattr(s, "clip_x0", False),
     )  # fmt: skip
-    path = save_grid(torch.cat([x_t[:, None], samples], 1), ctx.output_dir / "shared_latents.png")
+    path, _ = save_figure(
+        torch.cat([x_t[:, None], samples], 1),
+        ctx.output_dir / "shared_latents.png",
+        [f"stop t={t}" for t in stops],
+        ["x_t"] + [f"sample {c + 1}" for c in range(n_continuations)],
+        f"samples of p(x_0 | x_t) sharing x_t of sample #0's chain; ancestral (eta 1) on {s.tag()}",
+    )
     return path, {"shared_latent_timesteps": stops, "n_continuations": n_continuations}
 
 
@@ -132,6 +163,7 @@ def run(
         **{k: v for part in info.values() for k, v in part.items()},
         "figure": str(paths["progressive"]),
         "figures": {k: str(v) for k, v in paths.items()},
+        "figures_raw": {k: str(raw_grid_path(v)) for k, v in paths.items()},
         "wall_time_s": round(time.perf_counter() - t0, 3),
     }
     return TaskResult(record, images=paths)

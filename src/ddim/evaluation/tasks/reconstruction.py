@@ -21,7 +21,7 @@ from ddim.evaluation.context import EvalContext
 from ddim.evaluation.generation import Chunks
 from ddim.evaluation.reports.results import TaskResult
 from ddim.evaluation.reports.tables import write_table2
-from ddim.images import save_grid
+from ddim.images import raw_grid_path, save_labeled_grid
 from ddim.samplers import reconstruct
 from ddim.settings import Count, NonNegativeInt
 
@@ -50,6 +50,7 @@ class _Reconstruction(pl.LightningModule):
         self.sse = torch.zeros(len(sequences), dtype=torch.float64)
         self.count = torch.zeros(len(sequences), dtype=torch.float64)
         self.examples: list[torch.Tensor] = []
+        self.shown: list[int] = []  # test-set indices of the figure's columns
 
     def predict_dataloader(self) -> DataLoader:
         rank, world = self.trainer.global_rank, self.trainer.world_size
@@ -76,6 +77,7 @@ class _Reconstruction(pl.LightningModule):
             self.count[k] += err.numel()
             shown.append(rec[:take].cpu())
         if take > 0:  # rank 0 keeps the first n_show images it sees for the figure
+            self.shown += range(start, start + take)
             self.examples = (
                 shown if not self.examples else [torch.cat(p) for p in zip(self.examples, shown, strict=True)]
             )
@@ -100,13 +102,14 @@ def reconstruction_mse(
     n_images: int,
     batch_size: int,
     n_show: int = 8,
-) -> tuple[dict[int, float], torch.Tensor]:
-    """({S: per-dimension MSE on [0, 1]}, figure tensor (1 + len(S), n_show, C, H, W): originals, then each S)."""
+) -> tuple[dict[int, float], torch.Tensor, list[int]]:
+    """({S: per-dimension MSE on [0, 1]}, figure tensor (1 + len(S), n_show, C, H, W): originals, then each S,
+    the test-set index of each column)."""
     module = _Reconstruction(net, schedule, sequences, test_set, n_images, batch_size, n_show)
     trainer.predict(module, return_predictions=False)
     mse = {s: float(module.sse[k] / module.count[k]) for k, s in enumerate(sequences)}
     figure = torch.stack(module.examples) if module.examples else torch.zeros(0)
-    return mse, figure
+    return mse, figure, module.shown
 
 
 def run(
@@ -133,7 +136,7 @@ def run(
     n = len(test_set) if n_images is None else min(int(n_images), len(test_set))
     trainer = ctx.make_trainer()
     t0 = time.perf_counter()
-    mse, examples = reconstruction_mse(
+    mse, examples, shown = reconstruction_mse(
         trainer,
         ctx.net,
         ctx.schedule,
@@ -146,7 +149,16 @@ def run(
     if not trainer.is_global_zero:
         return None
     paths = write_table2(mse, ctx.output_dir, n)
-    figure = save_grid(examples, ctx.output_dir / "reconstruction.png")
+    figure = ctx.output_dir / "reconstruction.png"
+    if shown:
+        save_labeled_grid(
+            examples,
+            figure,
+            ["original"] + [f"S={s}" for s in sequences],
+            [f"test #{i}" for i in shown],
+            f"encoded to x_T and decoded with S steps (DDIM eta 0, {ctx.sampler.spacing()} spacing)",
+            raw_path=raw_grid_path(figure),
+        )
     record = {
         "task": "reconstruction",
         "checkpoint": ctx.checkpoint,
@@ -154,12 +166,13 @@ def run(
         "skip_type": ctx.sampler.skip_type,
         "mse": {str(s): v for s, v in mse.items()},
         "rows_of_figure": ["original"] + [f"S={s}" for s in sequences],
+        "columns_of_figure": shown,  # test-set indices (n_show = 0: no figure)
         "wall_time_s": round(time.perf_counter() - t0, 3),
         "table": {k: str(v) for k, v in paths.items()},
     }
     return TaskResult(
         record,
-        images={"reconstruction": figure},
+        images={"reconstruction": figure} if shown else {},
         tables={"table2": paths["table2.csv"]},
         numbers={f"mse_S{s}": v for s, v in mse.items()},
     )
