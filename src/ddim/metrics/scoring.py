@@ -14,7 +14,12 @@ import torch
 from ddim.errors import DDIMError
 from ddim.metrics.cache import guards_cache
 from ddim.metrics.fid import FID_LAYER, IS_LAYER, Statistics, compute_metrics, extract_features
-from ddim.metrics.inception import WEIGHT_SOURCES, build_inception, resolve_inception_weights
+from ddim.metrics.inception import (
+    WEIGHT_SOURCES,
+    InceptionWeights,
+    build_inception,
+    resolve_inception_weights,
+)
 from ddim.metrics.reference import reference_statistics
 from ddim.metrics.shards import ShardImages
 from ddim.settings import Count, NonNegativeInt
@@ -77,6 +82,21 @@ class FIDSettings:
     feature_extractor: Mapping[str, Any] | None
 
 
+def _extractor(f: FIDSettings, weights: InceptionWeights | None) -> tuple[torch.nn.Module, str, str, str]:
+    """(feature extractor, its cache key, its FID layer, its description): a plugged-in one, or Inception."""
+    if f.feature_extractor:
+        extractor = hydra.utils.instantiate(f.feature_extractor, _convert_="all")
+        name = extractor.get_name()
+        if f.isc and IS_LAYER not in extractor.get_requested_features_list():
+            raise DDIMError(
+                f"fid.isc=true but the feature extractor {name} provides no {IS_LAYER!r} features."
+            )
+        return extractor, name, extractor.get_default_feature_layer_for_metric("fid"), name
+    assert weights is not None
+    name = "inception-2015-12-05"
+    return build_inception(weights, isc=f.isc), name, FID_LAYER, f"{name} ({weights.source})"
+
+
 @guards_cache  # a cache path under a file, or a read-only cache that must grow: one line, nothing generated
 def prepare_scorer(
     f: FIDSettings,
@@ -100,20 +120,7 @@ def prepare_scorer(
     if not is_zero:
         return None
     device = metric_device(f.device)
-    if f.feature_extractor:
-        extractor = hydra.utils.instantiate(f.feature_extractor, _convert_="all")
-        name = extractor.get_name()
-        fid_layer = extractor.get_default_feature_layer_for_metric("fid")
-        if f.isc and IS_LAYER not in extractor.get_requested_features_list():
-            raise DDIMError(
-                f"fid.isc=true but the feature extractor {name} provides no {IS_LAYER!r} features."
-            )
-        desc = name
-    else:
-        assert weights is not None
-        extractor = build_inception(weights, isc=f.isc)
-        name, fid_layer = "inception-2015-12-05", FID_LAYER
-        desc = f"{name} ({weights.source})"
+    extractor, name, fid_layer, desc = _extractor(f, weights)
     reference, reference_desc = reference_statistics(
         f.reference,
         extractor,

@@ -16,11 +16,11 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ddim.diffusion.schedule import Schedule
-from ddim.errors import DDIMError
 from ddim.evaluation.context import EvalContext
 from ddim.evaluation.generation import Chunks
 from ddim.evaluation.reports.results import TaskResult
 from ddim.evaluation.reports.tables import write_table2
+from ddim.evaluation.tasks.nll import split_dataset
 from ddim.images import raw_grid_path, save_labeled_grid
 from ddim.samplers import reconstruct
 from ddim.settings import Count, NonNegativeInt
@@ -128,11 +128,7 @@ def run(
         )
         for s in steps
     }
-    dm = ctx.make_datamodule()
-    try:
-        test_set = dm.test_set
-    except FileNotFoundError as err:
-        raise DDIMError(f"The reconstruction task needs the test set: {err}") from err
+    test_set = split_dataset(ctx, "test", "reconstruction")
     n = len(test_set) if n_images is None else min(int(n_images), len(test_set))
     trainer = ctx.make_trainer()
     t0 = time.perf_counter()
