@@ -132,8 +132,8 @@ class UNet(nn.Module):
         self.ch = ch
         self.num_res_blocks = num_res_blocks
         # Activation checkpointing: each block's inner activations are recomputed in the backward pass
-        # instead of stored. A runtime choice (half the activation memory for ~25% more step time), not architecture, so it is
-        # not in `config`: the same weights and checkpoints work either way (DiffusionModule sets it).
+        # instead of stored. A runtime choice (about half the activation memory for ~25% more step time),
+        # not architecture, so it is not in `config`: the same weights and checkpoints work either way.
         self.grad_checkpointing = False
         temb_ch = 4 * ch
         self.temb = nn.Module()
