@@ -1,4 +1,4 @@
-"""Peak memory of one U-Net training step with and without activation checkpointing (model.grad_checkpointing).
+"""Peak memory of a U-Net training step with and without activation checkpointing (model.grad_checkpointing).
 
 Each variant runs in a fresh process (so one cannot reuse the other's freed memory): it builds the network and
 its input, then runs train steps (forward, MSE, backward). Reported per variant: the step's peak memory above

@@ -196,7 +196,7 @@ def at_most(ctx: Context, value: float | None, bound: float) -> bool | None:
 
 
 def stand_in_images(n: int, size: int, seed: int = 0) -> torch.Tensor:
-    """n smooth random colour images (bicubic-upsampled 4x4 noise), uint8 (n, 3, size, size): easy to learn."""
+    """n smooth random colour images (bicubic-upsampled 4x4 noise), uint8 (n, 3, size, size): learnable."""
     gen = torch.Generator().manual_seed(seed)
     low = torch.rand(n, 3, 4, 4, generator=gen)
     high = torch.nn.functional.interpolate(low, size=size, mode="bicubic", align_corners=False)
@@ -355,13 +355,29 @@ def measure_pair(
 
 def pair_rows(ctx: Context, label: str, m: dict) -> list[Row]:
     note = f"ours {m['ours']:.1f} img/s, diffusers {m['ref']:.1f} img/s"
-    rows = [Row("unet", f"{label}: ours/diffusers speed", round(m["ours"] / m["ref"], 3), ">= 0.95",
-                at_least(ctx, m["ours"] / m["ref"], 0.95), note)]  # fmt: skip
+    rows = [
+        Row(
+            "unet",
+            f"{label}: ours/diffusers speed",
+            round(m["ours"] / m["ref"], 3),
+            ">= 0.95",
+            at_least(ctx, m["ours"] / m["ref"], 0.95),
+            note,
+        )
+    ]
     if m["ours_peak"] is not None:
         ratio = m["ours_peak"] / m["ref_peak"]
         note = f"ours {m['ours_peak']:.2f} GiB, diffusers {m['ref_peak']:.2f} GiB"
-        rows.append(Row("unet", f"{label}: ours/diffusers peak memory", round(ratio, 3), "<= 1.10",
-                        at_most(ctx, ratio, 1.10), note))  # fmt: skip
+        rows.append(
+            Row(
+                "unet",
+                f"{label}: ours/diffusers peak memory",
+                round(ratio, 3),
+                "<= 1.10",
+                at_most(ctx, ratio, 1.10),
+                note,
+            )
+        )
     return rows
 
 
@@ -384,11 +400,21 @@ def unet_rows(ctx: Context, name: str, batch: int) -> list[Row]:
     bf16_gain = speed["bf16", "train step"] / speed["fp32", "train step"]
     cl_gain = speed["bf16+channels_last", "train step"] / speed["bf16", "train step"]
     rows += [
-        Row("unet", f"{name} b{batch} train step: bf16 / fp32 speed (ours)", round(bf16_gain, 3), ">= 1.5",
-            at_least(ctx, bf16_gain, 1.5)),
-        Row("unet", f"{name} b{batch} train step: bf16+channels_last / bf16 speed (ours)", round(cl_gain, 3),
-            ">= 1.0", at_least(ctx, cl_gain, 1.0)),
-    ]  # fmt: skip
+        Row(
+            "unet",
+            f"{name} b{batch} train step: bf16 / fp32 speed (ours)",
+            round(bf16_gain, 3),
+            ">= 1.5",
+            at_least(ctx, bf16_gain, 1.5),
+        ),
+        Row(
+            "unet",
+            f"{name} b{batch} train step: bf16+channels_last / bf16 speed (ours)",
+            round(cl_gain, 3),
+            ">= 1.0",
+            at_least(ctx, cl_gain, 1.0),
+        ),
+    ]
     del ours, ref
     return rows
 
@@ -427,12 +453,22 @@ def checkpointing_rows(ctx: Context) -> list[Row]:
     what = "peak memory" if ctx.cuda else "saved activations"
     slower = result[True][0] / result[False][0]
     return [
-        Row("unet", f"{name} b{batch} grad checkpointing: {what} ratio", round(memory, 3), "<= 0.6",
+        Row(
+            "unet",
+            f"{name} b{batch} grad checkpointing: {what} ratio",
+            round(memory, 3),
+            "<= 0.6",
             at_most(ctx, memory, 0.6) if ctx.cuda else memory <= 0.6,
-            f"saved activations {result[False][2] / GIB:.2f} -> {result[True][2] / GIB:.2f} GiB"),
-        Row("unet", f"{name} b{batch} grad checkpointing: step time ratio", round(slower, 3), "<= 1.5",
-            at_most(ctx, slower, 1.5)),
-    ]  # fmt: skip
+            f"saved activations {result[False][2] / 2**20:.1f} -> {result[True][2] / 2**20:.1f} MiB",
+        ),
+        Row(
+            "unet",
+            f"{name} b{batch} grad checkpointing: step time ratio",
+            round(slower, 3),
+            "<= 1.5",
+            at_most(ctx, slower, 1.5),
+        ),
+    ]
 
 
 def _timed(ctx: Context, fn: Callable[[], None]) -> float:
@@ -448,6 +484,8 @@ def section_unet(ctx: Context) -> list[Row]:
     rows = []
     for name, batch in ctx.sizes.unet_batches.items():
         rows += guarded(ctx, "unet", f"{name} b{batch}", lambda n=name, b=batch: unet_rows(ctx, n, b))
+        if ctx.cuda:
+            torch.cuda.empty_cache()  # the next config's allocations start from a clean pool
     rows += guarded(ctx, "unet", "grad checkpointing", lambda: checkpointing_rows(ctx))
     return rows
 
@@ -504,15 +542,35 @@ def first_run_rows(ctx: Context, run_dir: Path) -> list[Row]:
     ckpt_ok = ckpt_ok and not any("_orig_mod" in k for k in keys)  # in-place compile: portable names
     img_s = s.train_steps * s.train_batch / metrics["wall_time_s"]
     return [
-        Row("train", f"{s.train_steps} steps reached", metrics["global_step"], str(s.train_steps),
-            metrics["global_step"] == s.train_steps),
-        Row("train", "loss falls: last / first quarter of logged losses", round(last / first, 3), "< 0.7",
-            last < 0.7 * first, f"{len(losses)} logged; first quarter {first:.4f}, last quarter {last:.4f}"),
-        Row("train", "checkpoint written (last.ckpt)", f"{ckpt_path.stat().st_size / 2**20:.0f} MiB",
-            "step, EMA weights, plain names", ckpt_ok),
-        Row("train", "images/s incl. start-up and compile", round(img_s, 1),
-            note=f"wall {metrics['wall_time_s']:.1f} s, batch {s.train_batch}"),
-    ]  # fmt: skip
+        Row(
+            "train",
+            f"{s.train_steps} steps reached",
+            metrics["global_step"],
+            str(s.train_steps),
+            metrics["global_step"] == s.train_steps,
+        ),
+        Row(
+            "train",
+            "loss falls: last / first quarter of logged losses",
+            round(last / first, 3),
+            "< 0.7",
+            last < 0.7 * first,
+            f"{len(losses)} logged; first quarter {first:.4f}, last quarter {last:.4f}",
+        ),
+        Row(
+            "train",
+            "checkpoint written (last.ckpt)",
+            f"{ckpt_path.stat().st_size / 2**20:.0f} MiB",
+            "step, EMA weights, plain names",
+            ckpt_ok,
+        ),
+        Row(
+            "train",
+            "images/s incl. start-up and compile",
+            round(img_s, 1),
+            note=f"wall {metrics['wall_time_s']:.1f} s, batch {s.train_batch}",
+        ),
+    ]
 
 
 def section_train(ctx: Context) -> list[Row]:
@@ -541,8 +599,16 @@ def section_train(ctx: Context) -> list[Row]:
     metrics = json.loads((run_dir / "metrics.json").read_text())
     resumed = str(metrics.get("resumed_from") or "")
     ok = metrics["global_step"] == s.train_steps + s.resume_steps and resumed.endswith("last.ckpt")
-    rows.append(Row("train", "ckpt_path=last resumes", f"step {metrics['global_step']}",
-                    f"step {s.train_steps + s.resume_steps} from last.ckpt", ok, f"resumed from {resumed}"))  # fmt: skip
+    rows.append(
+        Row(
+            "train",
+            "ckpt_path=last resumes",
+            f"step {metrics['global_step']}",
+            f"step {s.train_steps + s.resume_steps} from last.ckpt",
+            ok,
+            f"resumed from {resumed}",
+        )
+    )
     return rows
 
 
@@ -589,8 +655,18 @@ def generate_once(ctx: Context, net: torch.nn.Module, sampler: Any, seed: int) -
     )
     n, res = ctx.sizes.gen_batch, UNETS[ctx.sizes.gen_config]["resolution"]
     with tempfile.TemporaryDirectory(dir=ctx.work) as tmp:
-        result = generate_samples(trainer, counted, Schedule.from_config(), sampler, (3, res, res),
-                                  Path(tmp) / "samples", n_samples=n, seed=seed, batch_size=n, shard_size=n)  # fmt: skip
+        result = generate_samples(
+            trainer,
+            counted,
+            Schedule.from_config(),
+            sampler,
+            (3, res, res),
+            Path(tmp) / "samples",
+            n_samples=n,
+            seed=seed,
+            batch_size=n,
+            shard_size=n,
+        )
     return n / result.loop_seconds, counted.calls
 
 
@@ -616,7 +692,7 @@ def copies_per_step(ctx: Context, net: torch.nn.Module, sampler: Any, steps: int
 
 
 def noise_draw_seconds(ctx: Context) -> float:
-    """One step's noise for a batch from per-sample CPU generators, moved to the device (what eta > 0 adds)."""
+    """One step's noise for a batch from per-sample CPU generators, moved to the device (eta > 0)."""
     from ddim.samplers import initial_noise, per_sample_generators
 
     n, res = ctx.sizes.gen_batch, UNETS[ctx.sizes.gen_config]["resolution"]
@@ -650,10 +726,19 @@ def section_generate(ctx: Context) -> list[Row]:
             ips, calls = generate_once(ctx, net, sampler, seed=0)
             speed[label, nfe] = ips
             share = ips * calls * per_call / s.gen_batch  # network-only time / loop time
-            rows.append(Row("generate", f"{label} NFE {nfe} batch {s.gen_batch}: images/s", round(ips, 2),
-                            ">= 0.9 of network-only", at_least(ctx, share, 0.9),
-                            f"{calls} network calls; network alone {s.gen_batch / per_call / calls:.2f} img/s "
-                            f"({100 * share:.0f}% of the loop)"))  # fmt: skip
+            # Judged at the larger NFE: at NFE 10, writing the PNG shards is a fair share of a short loop.
+            judged = nfe == s.nfes[-1]
+            rows.append(
+                Row(
+                    "generate",
+                    f"{label} NFE {nfe} batch {s.gen_batch}: images/s",
+                    round(ips, 2),
+                    ">= 0.9 of network-only" if judged else "",
+                    at_least(ctx, share, 0.9) if judged else None,
+                    f"{calls} network calls; network alone {s.gen_batch / per_call / calls:.2f} img/s "
+                    f"({100 * share:.0f}% of the loop, which includes writing PNGs)",
+                )
+            )
     rows += noise_rows(ctx, net, speed, per_call)
     return rows
 
@@ -669,15 +754,30 @@ def noise_rows(ctx: Context, net: torch.nn.Module, speed: dict, per_call: float)
     res = UNETS[s.gen_config]["resolution"]
     mib = s.gen_batch * 3 * res * res * 4 / 2**20
     return [
-        Row("generate", f"NFE {nfe}: ddim eta=1 / eta=0 speed (per-sample CPU noise each step)",
-            round(ratio, 3), ">= 0.9", at_least(ctx, ratio, 0.9)),
-        Row("generate", f"noise draw per step, batch {s.gen_batch} (CPU generators -> device)",
-            f"{draw * 1e3:.2f} ms", "<= 0.5 network call", at_most(ctx, draw / per_call, 0.5),
-            f"network call {per_call * 1e3:.2f} ms; the draw overlaps the queued network kernels"),
-        Row("generate", "host->device / device->host copies per step (ddim eta=1)", f"{h2d:.2f} / {d2h:.2f}",
-            "<= 2 / <= 1", (h2d <= 2 and d2h <= 1) if ctx.cuda else None,
-            f"the step's noise is one {mib:.1f} MiB copy" if ctx.cuda else "no device copies on the CPU"),
-    ]  # fmt: skip
+        Row(
+            "generate",
+            f"NFE {nfe}: ddim eta=1 / eta=0 speed (per-sample CPU noise each step)",
+            round(ratio, 3),
+            ">= 0.9",
+            at_least(ctx, ratio, 0.9),
+        ),
+        Row(
+            "generate",
+            f"noise draw per step, batch {s.gen_batch} (CPU generators -> device)",
+            f"{draw * 1e3:.2f} ms",
+            "<= 0.5 network call",
+            at_most(ctx, draw / per_call, 0.5),
+            f"network call {per_call * 1e3:.2f} ms; the draw overlaps the queued network kernels",
+        ),
+        Row(
+            "generate",
+            "host->device / device->host copies per step (ddim eta=1)",
+            f"{h2d:.2f} / {d2h:.2f}",
+            "<= 2 / <= 1",
+            (h2d <= 2 and d2h <= 1) if ctx.cuda else None,
+            f"the step's noise is one {mib:.1f} MiB copy" if ctx.cuda else "no device copies on the CPU",
+        ),
+    ]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -703,8 +803,10 @@ def section_nll(ctx: Context) -> list[Row]:
     seconds, bpd = {}, {}
     with torch.inference_mode():
         nll_batched(fn, x0[:1], noise[:1, :2], max_batch)  # start-up
-        for name, run in (("batched", lambda: nll_batched(fn, x0, noise, max_batch)),
-                          ("loop", lambda: nll_per_timestep_loop(fn, x0, noise))):  # fmt: skip
+        for name, run in (
+            ("batched", lambda: nll_batched(fn, x0, noise, max_batch)),
+            ("loop", lambda: nll_per_timestep_loop(fn, x0, noise)),
+        ):
             ctx.sync()
             start = time.perf_counter()
             bpd[name] = run()
@@ -713,12 +815,23 @@ def section_nll(ctx: Context) -> list[Row]:
     n, speed_up = s.nll_images, seconds["loop"] / seconds["batched"]
     diff = float((bpd["batched"] - bpd["loop"]).abs().max())
     return [
-        Row("nll", f"exact bound T={s.nll_timesteps}, {n} images: batched (max_batch {max_batch}) / loop speed",
-            round(speed_up, 3), ">= 1.5", at_least(ctx, speed_up, 1.5),
-            f"batched {n / seconds['batched']:.3f} img/s, loop {n / seconds['loop']:.3f} img/s"),
-        Row("nll", "batched and loop give the same bits/dim", f"{diff:.1e}", "<= 1e-3", diff <= 1e-3,
-            f"mean {float(bpd['batched'].mean()):.4f} bits/dim"),
-    ]  # fmt: skip
+        Row(
+            "nll",
+            f"exact bound T={s.nll_timesteps}, {n} images: batched (max_batch {max_batch}) / loop speed",
+            round(speed_up, 3),
+            ">= 1.5",
+            at_least(ctx, speed_up, 1.5),
+            f"batched {n / seconds['batched']:.3f} img/s, loop {n / seconds['loop']:.3f} img/s",
+        ),
+        Row(
+            "nll",
+            "batched and loop give the same bits/dim",
+            f"{diff:.1e}",
+            "<= 1e-3",
+            diff <= 1e-3,
+            f"mean {float(bpd['batched'].mean()):.4f} bits/dim",
+        ),
+    ]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -797,8 +910,16 @@ def section_fid(ctx: Context) -> list[Row]:
     if weights is None:
         return [Row("fid", "Inception weights", "missing", "found", False, desc)]
     ips = features_per_second(ctx, weights)
-    rows = [Row("fid", f"Inception features batch {s.fid_batch}: images/s", round(ips, 1), ">= 1000",
-                at_least(ctx, ips, 1000), desc)]  # fmt: skip
+    rows = [
+        Row(
+            "fid",
+            f"Inception features batch {s.fid_batch}: images/s",
+            round(ips, 1),
+            ">= 1000",
+            at_least(ctx, ips, 1000),
+            desc,
+        )
+    ]
     checkpoint, ckpt_note = fid_checkpoint(ctx)
     seed1, failed = eval_run(ctx, checkpoint, 1, ["task=sample"])
     if failed:
@@ -806,10 +927,21 @@ def section_fid(ctx: Context) -> list[Row]:
     stats1, stats_ips = samples_statistics(ctx, seed1 / "samples", weights)
     stats_path = ctx.work / "seed1-stats.npz"
     stats1.save(stats_path)
-    rows.append(Row("fid", f"statistics of {s.fid_samples} seed-1 samples (PNG -> features): images/s",
-                    round(stats_ips, 1), note=f"-> {stats_path.name}"))  # fmt: skip
-    fid_args = [f"fid.reference={stats_path}", f"fid.weights_path={weights}", f"fid.batch_size={s.fid_batch}",
-                "fid.download=false", "task=fid"]  # fmt: skip
+    rows.append(
+        Row(
+            "fid",
+            f"statistics of {s.fid_samples} seed-1 samples (PNG -> features): images/s",
+            round(stats_ips, 1),
+            note=f"-> {stats_path.name}",
+        )
+    )
+    fid_args = [
+        f"fid.reference={stats_path}",
+        f"fid.weights_path={weights}",
+        f"fid.batch_size={s.fid_batch}",
+        "fid.download=false",
+        "task=fid",
+    ]
     seed0, failed = eval_run(ctx, checkpoint, 0, fid_args)
     if failed:
         return [*rows, failed]
@@ -833,17 +965,32 @@ def fid_rows(ctx: Context, record: dict, stats_path: Path, recomputed: float, ck
     in_range = fid is not None and 0 < fid < 10 and record.get("reference") == str(stats_path)
     same = fid is not None and abs(fid - recomputed) <= 1e-3 * max(1.0, abs(recomputed))
     rows = [
-        Row("fid", f"FID {s.fid_samples} seed-0 vs {s.fid_samples} seed-1 samples (src/eval.py)",
-            None if fid is None else round(fid, 4), "0 < FID < 10, our .npz as reference",
-            in_range if ctx.judged else None, ckpt_note),
-        Row("fid", "eval's FID = FID recomputed here from its sample files", f"{recomputed:.4f}",
-            "|diff| <= 1e-3 x max(1, FID)", same),
-    ]  # fmt: skip
+        Row(
+            "fid",
+            f"FID {s.fid_samples} seed-0 vs {s.fid_samples} seed-1 samples (src/eval.py)",
+            None if fid is None else round(fid, 4),
+            "0 < FID < 10, our .npz as reference",
+            in_range if ctx.judged else None,
+            ckpt_note,
+        ),
+        Row(
+            "fid",
+            "eval's FID = FID recomputed here from its sample files",
+            f"{recomputed:.4f}",
+            "|diff| <= 1e-3 x max(1, FID)",
+            same,
+        ),
+    ]
     if record.get("images_per_s"):
         rows.append(Row("fid", "src/eval.py generation (DDIM, 10 steps): images/s", record["images_per_s"]))
     if record.get("metric_s"):
-        rows.append(Row("fid", "src/eval.py scoring (PNG -> features -> FID): images/s",
-                        round(s.fid_samples / record["metric_s"], 1)))  # fmt: skip
+        rows.append(
+            Row(
+                "fid",
+                "src/eval.py scoring (PNG -> features -> FID): images/s",
+                round(s.fid_samples / record["metric_s"], 1),
+            )
+        )
     return rows
 
 
@@ -906,8 +1053,15 @@ def compile_rows(ctx: Context, name: str) -> list[Row]:
         m = measure_pair(ctx, compiled, x, t, True, mode)
         gain = m["ours"] / eager["ours"]
         rows += pair_rows(ctx, f"{name} b{batch} {mode} bf16 compiled ({ctx.args.compile_backend})", m)
-        rows.append(Row("compile", f"{name} b{batch} {mode} bf16: compiled / eager speed (ours)", round(gain, 3),
-                        ">= 1.0", at_least(ctx, gain, 1.0)))  # fmt: skip
+        rows.append(
+            Row(
+                "compile",
+                f"{name} b{batch} {mode} bf16: compiled / eager speed (ours)",
+                round(gain, 3),
+                ">= 1.0",
+                at_least(ctx, gain, 1.0),
+            )
+        )
     for row in rows:
         row.section = "compile"
     return rows
@@ -955,7 +1109,9 @@ def section_ddp(ctx: Context) -> list[Row]:
         return [failed]
     records = [torch.load(run_dir / "probe" / f"rank{r}.pt", map_location="cpu") for r in (0, 1)]
     noise = [recovered_noise(r) for r in records]
-    distinct = not torch.equal(records[0]["t"], records[1]["t"]) and (noise[0] - noise[1]).abs().min() > 1e-4
+    distinct = not torch.equal(records[0]["t"], records[1]["t"]) and bool(
+        (noise[0] - noise[1]).abs().min() > 1e-4
+    )
     backend = "NCCL" if ctx.cuda else "gloo"
     return [
         Row(
@@ -1040,8 +1196,8 @@ def run_sections(ctx: Context) -> list[Row]:
 
 
 def temporary_work_dir(device: torch.device) -> tempfile.TemporaryDirectory:
-    """On a GPU machine in memory (/dev/shm) when there is one: sample shards are fsynced file by file, and the
-    run should time the GPU, not the disk."""
+    """On a GPU machine in memory (/dev/shm) when there is one: sample shards are fsynced file by file, and
+    the run should time the GPU, not the disk."""
     shm = Path("/dev/shm")
     in_memory = device.type == "cuda" and shm.is_dir() and os.access(shm, os.W_OK)
     return tempfile.TemporaryDirectory(prefix="gpu-acceptance-", dir=shm if in_memory else None)

