@@ -292,13 +292,17 @@ def section_env(ctx: Context) -> list[Row]:
                 torch.cuda.is_bf16_supported(),
             ),
         ]
-    versions = []
+        tf32 = f"matmul {torch.backends.cuda.matmul.allow_tf32}, cuDNN {torch.backends.cudnn.allow_tf32}"
+        rows.append(Row("env", "fp32 runs in TF32", tf32, note="torch's defaults; fp32 rows depend on them"))
+    versions, missing = [], []
     for name in ("diffusers", "hydra-core", "omegaconf", "torch-fidelity", "pytorch-lightning"):
         try:
             versions.append(f"{name} {metadata.version(name)}")
         except metadata.PackageNotFoundError:
-            versions.append(f"{name} missing")
-    rows.append(Row("env", "packages", ", ".join(versions)))
+            missing.append(name)
+    rows.append(
+        Row("env", "packages", f"{len(missing)} missing", "0 missing", not missing, ", ".join(versions))
+    )
     return rows
 
 
