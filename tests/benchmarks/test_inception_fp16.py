@@ -42,7 +42,7 @@ def test_pack_then_unpack_restores_the_state_dict(fp16, tmp_path):
         k for k in state if k.endswith(("conv.weight", "bn.bias", "running_mean", "running_var"))
     }
     assert {v.dtype for k, v in stored.items() if k.endswith("conv.weight")} == {torch.float16}
-    back = torch.load(fp16["unpack"](path, tmp_path / "w.pth"), weights_only=True)
+    back = fp16["unpack_state_dict"](load_file(str(path)))
     assert set(back) == set(state)
     for name, value in state.items():
         if name.endswith("conv.weight"):
