@@ -190,6 +190,57 @@ def test_output_keeps_the_input_memory_format(memory_format):
     assert (got - expected).abs().max().item() <= 1e-5
 
 
+def _train_step(model: UNet, seed: int) -> tuple[dict[str, torch.Tensor], int]:
+    """Gradients of one MSE step in train mode (dropout on), and the bytes autograd saved for backward."""
+    gen = torch.Generator().manual_seed(seed)
+    x, target = torch.randn(2, 1, 16, 16, generator=gen), torch.randn(2, 2, 16, 16, generator=gen)
+    saved = []
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        saved.append(tensor.numel() * tensor.element_size())
+        return tensor
+
+    model.train().zero_grad(set_to_none=True)
+    torch.manual_seed(seed)  # the dropout masks
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        loss = torch.nn.functional.mse_loss(model(x, torch.tensor([3, 700])), target)
+    loss.backward()
+    return {n: p.grad.clone() for n, p in model.named_parameters()}, sum(saved)
+
+
+def test_grad_checkpointing_gives_the_plain_networks_gradients_with_less_saved():
+    model = random_unet({**SMALL, "dropout": 0.3}, 17)
+    plain, plain_bytes = _train_step(model, 18)
+    model.grad_checkpointing = True
+    ckpt, ckpt_bytes = _train_step(model, 18)
+    assert plain.keys() == ckpt.keys()
+    for name, grad in plain.items():
+        assert grad.abs().max() > 0, name
+        # The recomputed blocks redraw the same dropout masks, so the gradients are the same numbers.
+        assert torch.allclose(ckpt[name], grad, rtol=1e-5, atol=1e-7), name
+    assert ckpt_bytes < 0.5 * plain_bytes  # only block inputs are kept
+    # A runtime switch, not architecture: the stored config and the tensor names do not change.
+    assert "grad_checkpointing" not in model.config
+    assert list(model.state_dict()) == list(random_unet(SMALL, 0).state_dict())
+    # In eval mode (and under no_grad) nothing is recomputed: the plain forward runs.
+    x = torch.randn(1, 1, 16, 16, generator=torch.Generator().manual_seed(19))
+    with torch.no_grad():
+        assert torch.equal(
+            model.eval()(x, torch.tensor([5])), random_unet(SMALL, 17).eval()(x, torch.tensor([5]))
+        )
+
+
+def test_grad_checkpointing_is_a_model_option_outside_the_net_config(compose_config):
+    import hydra
+
+    cfg = compose_config(["model=ddpm_tiny", "model.grad_checkpointing=true"], "train")
+    module = hydra.utils.instantiate(cfg.model, _convert_="all")
+    assert module.net.grad_checkpointing and not module.ema_net.grad_checkpointing
+    assert module.hparams["grad_checkpointing"] is True and "grad_checkpointing" not in module.hparams["net"]
+    default = hydra.utils.instantiate(compose_config(["model=ddpm_tiny"], "train").model, _convert_="all")
+    assert not default.net.grad_checkpointing
+
+
 def test_round_trip_is_exact(cifar_pair):
     ref, ours = cifar_pair
     sd = ours.state_dict()

@@ -92,6 +92,7 @@ class DiffusionModule(pl.LightningModule):
         ema_decay: Annotated[float, Range(ge=0, lt=1)] = 0.9999,
         channels_last: bool = False,
         compile: bool = False,
+        grad_checkpointing: bool = False,
         parameterization: Literal[PARAMETERIZATIONS] = "eps",
         variance: Literal[VARIANCES] = "fixed_large",
         loss: Literal[LOSSES] = "simple",
@@ -116,6 +117,7 @@ class DiffusionModule(pl.LightningModule):
                 "ema_decay": ema_decay,
                 "channels_last": channels_last,
                 "compile": compile,
+                "grad_checkpointing": grad_checkpointing,
                 "parameterization": parameterization,
                 "variance": variance,
                 "loss": loss,
@@ -143,6 +145,9 @@ class DiffusionModule(pl.LightningModule):
         if channels_last:
             self.net.to(memory_format=torch.channels_last)
             self.ema_net.to(memory_format=torch.channels_last)
+        # Recompute each U-Net block's activations in the backward pass (less memory at large resolutions);
+        # set on the trained network only, outside its config: checkpoints are the same either way.
+        self.net.grad_checkpointing = grad_checkpointing
         if compile:
             # In-place compile keeps the state_dict keys unchanged, so checkpoints stay portable.
             self.net.compile()
