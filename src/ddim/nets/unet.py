@@ -98,6 +98,53 @@ class Upsample(nn.Module):
         return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
 
 
+def _down_stages(
+    ch: int, ch_mult: Sequence[int], num_res_blocks: int, attn_resolutions: Sequence[int], resolution: int,
+    temb_ch: int, dropout: float,
+) -> tuple[nn.ModuleList, int]:  # fmt: skip
+    """down.{level}: residual blocks (and attention at attn_resolutions), then a downsample but on the last
+    level; returns the stages and the channels they end with."""
+    in_mult, res, down = (1, *ch_mult), resolution, nn.ModuleList()
+    for level, mult in enumerate(ch_mult):
+        stage = nn.Module()
+        stage.block, stage.attn = nn.ModuleList(), nn.ModuleList()
+        block_in = ch * in_mult[level]
+        for _ in range(num_res_blocks):
+            stage.block.append(ResnetBlock(block_in, ch * mult, temb_ch, dropout))
+            block_in = ch * mult
+            if res in attn_resolutions:
+                stage.attn.append(AttnBlock(block_in))
+        if level != len(ch_mult) - 1:
+            stage.downsample = Downsample(block_in)
+            res //= 2
+        down.append(stage)
+    return down, block_in
+
+
+def _up_stages(
+    ch: int, ch_mult: Sequence[int], num_res_blocks: int, attn_resolutions: Sequence[int], resolution: int,
+    temb_ch: int, dropout: float,
+) -> tuple[nn.ModuleList, int]:  # fmt: skip
+    """up.{level}, built from the lowest resolution up (stored in level order, as the original code): blocks
+    that take the matching down-path skips, attention at attn_resolutions, an upsample but on level 0."""
+    in_mult, res, block_in, stages = (1, *ch_mult), resolution, ch * ch_mult[-1], []
+    for level in reversed(range(len(ch_mult))):
+        stage = nn.Module()
+        stage.block, stage.attn = nn.ModuleList(), nn.ModuleList()
+        for i in range(num_res_blocks + 1):
+            # The last block of a level takes the skip coming from the level's input (before its blocks).
+            skip = ch * (in_mult[level] if i == num_res_blocks else ch_mult[level])
+            stage.block.append(ResnetBlock(block_in + skip, ch * ch_mult[level], temb_ch, dropout))
+            block_in = ch * ch_mult[level]
+            if res in attn_resolutions:
+                stage.attn.append(AttnBlock(block_in))
+        if level != 0:
+            stage.upsample = Upsample(block_in)
+            res *= 2
+        stages.insert(0, stage)
+    return nn.ModuleList(stages), block_in
+
+
 class UNet(nn.Module):
     """DDPM U-Net. CIFAR10: ch_mult (1,2,2,2), 35,746,307 parameters; CelebA 64: (1,2,2,2,4), 78,700,803."""
 
@@ -140,44 +187,17 @@ class UNet(nn.Module):
         self.temb.dense = nn.ModuleList([nn.Linear(ch, temb_ch), nn.Linear(temb_ch, temb_ch)])
         self.conv_in = nn.Conv2d(in_channels, ch, 3, padding=1)
 
-        in_mult = (1, *ch_mult)
-        res = resolution
-        self.down = nn.ModuleList()
-        for level, mult in enumerate(ch_mult):
-            stage = nn.Module()
-            stage.block, stage.attn = nn.ModuleList(), nn.ModuleList()
-            block_in = ch * in_mult[level]
-            for _ in range(num_res_blocks):
-                stage.block.append(ResnetBlock(block_in, ch * mult, temb_ch, dropout))
-                block_in = ch * mult
-                if res in attn_resolutions:
-                    stage.attn.append(AttnBlock(block_in))
-            if level != len(ch_mult) - 1:
-                stage.downsample = Downsample(block_in)
-                res //= 2
-            self.down.append(stage)
-
+        self.down, block_in = _down_stages(
+            ch, ch_mult, num_res_blocks, attn_resolutions, resolution, temb_ch, dropout
+        )
         self.mid = nn.Module()
         self.mid.block_1 = ResnetBlock(block_in, block_in, temb_ch, dropout)
         self.mid.attn_1 = AttnBlock(block_in)
         self.mid.block_2 = ResnetBlock(block_in, block_in, temb_ch, dropout)
-
-        up_stages = []
-        for level in reversed(range(len(ch_mult))):
-            stage = nn.Module()
-            stage.block, stage.attn = nn.ModuleList(), nn.ModuleList()
-            for i in range(num_res_blocks + 1):
-                # The last block of a level takes the skip coming from the level's input (before its blocks).
-                skip = ch * (in_mult[level] if i == num_res_blocks else ch_mult[level])
-                stage.block.append(ResnetBlock(block_in + skip, ch * ch_mult[level], temb_ch, dropout))
-                block_in = ch * ch_mult[level]
-                if res in attn_resolutions:
-                    stage.attn.append(AttnBlock(block_in))
-            if level != 0:
-                stage.upsample = Upsample(block_in)
-                res *= 2
-            up_stages.insert(0, stage)
-        self.up = nn.ModuleList(up_stages)
+        lowest = resolution // 2 ** (len(ch_mult) - 1)
+        self.up, block_in = _up_stages(
+            ch, ch_mult, num_res_blocks, attn_resolutions, lowest, temb_ch, dropout
+        )
 
         self.norm_out = group_norm(block_in)
         self.conv_out = nn.Conv2d(block_in, out_channels, 3, padding=1)

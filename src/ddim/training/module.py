@@ -83,6 +83,19 @@ def _with_output_channels(net: dict, spec: ModelSpec) -> dict:
     )
 
 
+def ema_copy(net: torch.nn.Module) -> torch.nn.Module:
+    """The EMA copy of net: a registered submodule, so it is saved in and restored from every checkpoint."""
+    ema = copy.deepcopy(net).requires_grad_(False).eval()
+    # In eval mode by design (it is averaged, never trained), so Lightning's "Found N module(s) in eval mode at
+    # the start of training" is expected: silenced for exactly its module count, so any other module left in
+    # eval mode still warns.
+    n_modules = len(list(ema.modules()))
+    warnings.filterwarnings(
+        "ignore", message=rf"Found {n_modules} module\(s\) in eval mode at the start of training"
+    )
+    return ema
+
+
 class DiffusionModule(pl.LightningModule):
     def __init__(
         self,
@@ -124,15 +137,7 @@ class DiffusionModule(pl.LightningModule):
                 "timestep_sampler": timestep_sampler,
             }
         )
-        # The EMA copy is a registered submodule so it is saved in, and restored from, every checkpoint.
-        self.ema_net = copy.deepcopy(self.net).requires_grad_(False).eval()
-        # The EMA copy is in eval mode by design (it is averaged, never trained), so Lightning's "Found N
-        # module(s) in eval mode at the start of training" is expected: silenced for exactly its module count,
-        # so any other module left in eval mode still warns.
-        n_ema = len(list(self.ema_net.modules()))
-        warnings.filterwarnings(
-            "ignore", message=rf"Found {n_ema} module\(s\) in eval mode at the start of training"
-        )
+        self.ema_net = ema_copy(self.net)
         self.schedule = Schedule.from_config(**schedule)
         self._data_checked = not needs_discrete_data(loss)
         if timestep_sampler == "loss_aware":
