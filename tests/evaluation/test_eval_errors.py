@@ -186,3 +186,17 @@ def test_a_sweep_folder_below_a_file_is_refused_before_the_multirun_starts(tiny_
     lines = [line for line in output.splitlines() if line.strip()]
     assert code == 2 and len(lines) == 1, output
     assert f"{BLOCKER}, which is a file, not a folder: choose another hydra.sweep.dir" in lines[0]
+
+
+def test_reference_statistics_of_another_dimension_are_refused_before_generating(
+    tiny_ckpt, tmp_path, fails, eval_overrides, tiny_extractor_override
+):
+    import numpy as np
+
+    stats = tmp_path / "stats.npz"
+    np.savez(stats, mu=np.zeros(7), sigma=np.eye(7))  # the tiny extractor gives 6 features
+    out = tmp_path / "run"
+    overrides = [*eval_overrides(tiny_ckpt, out), tiny_extractor_override, f"fid.reference={stats}"]
+    fails(overrides, r"^fid.reference=.*stats.npz holds statistics of 7-dimensional features, but the feature "
+          r"extractor gives 6 .* Nothing was generated\.$")  # fmt: skip
+    _assert_nothing_written(out)

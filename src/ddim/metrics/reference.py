@@ -72,6 +72,14 @@ def write_reference_images(
     return plan
 
 
+def feature_dim(extractor: torch.nn.Module, feature_layer: str, device: str | torch.device) -> int:
+    """The length of the extractor's feature vector at feature_layer, from one black 32x32 image."""
+    names = list(extractor.get_requested_features_list())
+    with torch.inference_mode():
+        out = extractor.to(device).eval()(torch.zeros(1, 3, 32, 32, dtype=torch.uint8, device=device))
+    return int(out[names.index(feature_layer)].reshape(1, -1).shape[1])
+
+
 def statistics_file(source: str, keep_features: bool) -> tuple[Statistics, str]:
     """fid.reference=<path>: statistics someone computed before (an .npz with mu, sigma and maybe features)."""
     path = Path(source).expanduser()
@@ -104,7 +112,15 @@ def reference_statistics(
     """(statistics, description) for the FID reference, loading the cache or computing and caching it."""
     cache_dir = Path(cache_dir)
     if source not in ("data", "cifar10-train"):
-        return statistics_file(source, keep_features)
+        stats, desc = statistics_file(source, keep_features)
+        dim = feature_dim(extractor, feature_layer, device)
+        if stats.mu.numel() != dim:
+            raise DDIMError(
+                f"fid.reference={source} holds statistics of {stats.mu.numel()}-dimensional features, but the "
+                f"feature extractor gives {dim} ({extractor_key}, layer {feature_layer}): use statistics made with "
+                "the same extractor, or fid.reference=data to compute them. Nothing was generated."
+            )
+        return stats, desc
     if source == "cifar10-train":
         folder = cache_dir / "reference" / "torch-fidelity-cifar10-train"
     else:
