@@ -77,3 +77,18 @@ class TinyExtractor(FeatureExtractorBase):
     @staticmethod
     def get_dummy_input_for_compile():
         return torch.zeros(1, 3, 4, 4, dtype=torch.uint8)
+
+
+class EvalModeExtractor(TinyExtractor):
+    """TinyExtractor that refuses to run in training mode (a fresh module is in training mode: only an
+    explicit .eval() passes) and counts the images it is given."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.seen = 0
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor]:
+        if self.training:
+            raise AssertionError("the FID feature extractor ran in training mode")
+        self.seen += x.shape[0]
+        return super().forward(x)
