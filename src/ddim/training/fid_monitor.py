@@ -83,12 +83,8 @@ class FIDMonitor(pl.Callback):
         save_best: bool = True,
     ) -> None:
         self.settings = FIDSettings(**dict(fid))
-        self.every_n_steps, self.n_samples, self.batch_size = (
-            int(every_n_steps),
-            int(n_samples),
-            int(batch_size),
-        )
-        self.seed = int(seed)
+        self.every_n_steps, self.n_samples = int(every_n_steps), int(n_samples)
+        self.batch_size, self.seed = int(batch_size), int(seed)
         self.sampler = monitor_sampler(sampler, "callbacks.fid_monitor.sampler")
         self.data, self.data_dir = (dict(data) if data else None), str(data_dir)
         self.dirpath, self.save_best = dirpath, bool(save_best)
@@ -170,26 +166,36 @@ class FIDMonitor(pl.Callback):
         gathered = trainer.strategy.all_gather(padded.to(pl_module.device))
         return interleave(gathered.cpu(), self.n_samples)
 
-    def score(self, images: torch.Tensor, device: torch.device) -> dict[str, float]:
-        """FID (and KID) of uint8 images against the reference statistics, prepared on first use."""
+    def prepare(self, device: torch.device) -> Scorer:
+        """The extractor and reference statistics (computed once per data set and cached, as evaluation's)."""
         if self.scorer is None:
-            f = self.settings
-            data = self.data
-            self.scorer = prepare_scorer(
+            start, f, data = time.perf_counter(), self.settings, self.data
+            scorer = prepare_scorer(
                 f,
                 is_zero=True,
                 datamodule=lambda: hydra.utils.instantiate(data, _convert_="all"),
                 data_cfg=data,
                 data_dir=self.data_dir,
             )
-            if f.device == "auto":  # beside the network being trained
-                self.scorer = dataclasses.replace(self.scorer, device=device)
-        batches = list(images.split(self.settings.batch_size))
-        return self.scorer.score(batches)
+            assert scorer is not None  # rank 0's
+            # "auto": beside the network being trained.
+            self.scorer = dataclasses.replace(scorer, device=device) if f.device == "auto" else scorer
+            log.info(
+                "FID monitor: reference %s ready in %.1f s.",
+                scorer.reference_desc,
+                time.perf_counter() - start,
+            )
+        return self.scorer
+
+    def score(self, images: torch.Tensor, device: torch.device) -> dict[str, float]:
+        """FID (and KID) of uint8 images against the reference statistics."""
+        return self.prepare(device).score(list(images.split(self.settings.batch_size)))
 
     def measure(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, float]:
         step = trainer.global_step
         self._last_step = step
+        if trainer.is_global_zero:
+            self.prepare(pl_module.device)  # once; not part of a measurement's time
         start = time.perf_counter()
         rank, world = trainer.global_rank, trainer.world_size
         images = self.gather(trainer, pl_module, self.generate(pl_module, range(rank, self.n_samples, world)))
