@@ -13,6 +13,7 @@ import torch
 
 from ddim.checkpoints import safe_load
 from ddim.checkpoints.lightning_io import AtomicCheckpointIO, is_intact
+from ddim.errors import DDIMError
 from ddim.evaluation.generation import SampleWriter
 from ddim.metrics.shards import ShardPlan
 from ddim.samplers import DPMSolverPP
@@ -133,10 +134,18 @@ def test_gathered_ranks_interleave_back_into_index_order():
     assert interleave(torch.tensor(per_rank), n).tolist() == list(range(n))
 
 
-def test_a_sampler_that_does_not_fit_the_schedule_fails_before_training(tmp_path, train_cfg, monitored):
-    from ddim.errors import DDIMError
-
-    cfg = train_cfg([*monitored, "callbacks.fid_monitor.sampler.steps=5000"], tmp_path / "run")
-    with pytest.raises(DDIMError, match="steps"):
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("callbacks.fid_monitor.sampler.steps=5000", "steps must be an integer in"),
+        ("callbacks.fid_monitor.fid.feature_extractor=null", "fid.weights_path=.*does not exist"),
+    ],
+)
+def test_what_would_fail_at_the_first_measurement_fails_before_training(
+    tmp_path, train_cfg, monitored, override, message
+):
+    missing = f"callbacks.fid_monitor.fid.weights_path={tmp_path / 'missing.pth'}"
+    cfg = train_cfg([*monitored, override, missing], tmp_path / "run")
+    with pytest.raises(DDIMError, match=message):
         train(cfg)
     assert not (tmp_path / "run" / "checkpoints").exists()

@@ -31,7 +31,6 @@ import torch
 
 from ddim.images import to_uint8
 from ddim.io import write_json
-from ddim.metrics.inception import resolve_inception_weights
 from ddim.metrics.scoring import FIDSettings, Scorer, prepare_scorer
 from ddim.samplers import DPMSolverPP, Sampler, initial_noise, per_sample_generators
 from ddim.samplers.base import sampler_from_settings
@@ -118,9 +117,10 @@ class FIDMonitor(pl.Callback):
         if not self.enabled:
             log.info("FID monitor off (fast_dev_run or not fitting).")
             return
-        f = self.settings
-        if not f.feature_extractor:
-            resolve_inception_weights(f.weights, f.weights_path, f.detector_path, f.cache_dir, f.download)
+        # As evaluation's other ranks do: the weights resolved (and the IS layer checked), nothing built.
+        prepare_scorer(
+            self.settings, is_zero=False, datamodule=lambda: None, data_cfg=None, data_dir=self.data_dir
+        )
         log.info(
             "FID monitor: %s every %d steps (%d samples, %s; a small-n FID, compare it only with itself).",
             self.metric,
