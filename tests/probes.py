@@ -102,3 +102,18 @@ class Toy(Sampler):
             return self.scale * model(x, t)
 
         return sample(scaled, x_T, self.sequence(schedule), schedule, callback=callback)
+
+
+class EvalModeExtractor(TinyExtractor):
+    """TinyExtractor that refuses to run in training mode (a fresh module is in training mode: only an
+    explicit .eval() passes) and counts the images it is given."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.seen = 0
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor]:
+        if self.training:
+            raise AssertionError("the FID feature extractor ran in training mode")
+        self.seen += x.shape[0]
+        return super().forward(x)

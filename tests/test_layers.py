@@ -27,6 +27,7 @@ LAYERS: tuple[tuple[str, int], ...] = (
     ("ddim.hydra_utils", 3),
     ("ddim.training", 4),
     ("ddim.evaluation", 4),
+    ("ddim.export", 4),  # the export entry point, over ddim.checkpoints
     ("ddim", 0),  # the package's own __init__
 )
 # Same layer, but one may not import the other.

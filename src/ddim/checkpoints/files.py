@@ -3,7 +3,8 @@
 Formats: our Lightning .ckpt (`net.` / `ema_net.` weights and hyper-parameters), an original DDPM/DDIM
 state dict or the DDIM repo's list [model, optimizer, epoch, step, ema] (.ckpt/.pt/.pth/.bin, "module."
 prefixes allowed), a diffusers UNet2DModel folder (config.json + diffusion_pytorch_model.{safetensors,bin})
-or such a weights file alone.
+or such a weights file alone, a diffusers pipeline folder (its unet/, and the schedule, prediction type and
+variance from its scheduler/), and our safetensors export (its metadata holds the hyper-parameters).
 
 Every file is read with torch.load(weights_only=True) (`safe_load`): a checkpoint is data, and unpickling
 anything else can run code. A file that holds more than tensors and plain containers is refused with the
@@ -23,6 +24,7 @@ from typing import Any, Literal
 
 import torch
 
+from ddim.checkpoints.interop import record_from_metadata, record_from_scheduler
 from ddim.checkpoints.unet_config import (
     check_diffusers_config,
     config_from_record,
@@ -110,15 +112,17 @@ def safe_load(path: str | Path) -> Any:
         raise _corrupt(path, e) from e
 
 
-def _load_weights_file(path: Path) -> Any:
+def _load_weights_file(path: Path) -> tuple[Any, dict[str, str] | None]:
+    """(what the file holds, its safetensors metadata or None)."""
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+        from safetensors import safe_open
 
         try:
-            return load_file(str(path), device="cpu")
+            with safe_open(str(path), framework="pt", device="cpu") as f:
+                return {key: f.get_tensor(key) for key in f.keys()}, f.metadata()
         except Exception as e:  # noqa: BLE001 - SafetensorsError and OSError for damaged files
             raise _corrupt(path, e) from e
-    return safe_load(path)
+    return safe_load(path), None
 
 
 def _is_tensor_dict(obj: Any) -> bool:
@@ -205,13 +209,30 @@ def _diffusers_folder_files(folder: Path) -> tuple[Path, Path]:
     )
 
 
-def _diffusers_config(config_path: Path) -> dict[str, Any]:
+def _read_json(config_path: Path) -> dict[str, Any]:
     try:
         config = json.loads(config_path.read_text())
     except (OSError, json.JSONDecodeError) as e:
         raise CheckpointError(f"could not read {config_path}: {e}; re-download or re-save the model.") from e
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{config_path} holds no JSON object; re-download or re-save the model.")
+    return config
+
+
+def _diffusers_config(config_path: Path) -> dict[str, Any]:
+    config = _read_json(config_path)
     check_diffusers_config(config)
     return config
+
+
+def _pipeline_scheduler(weights: Path) -> dict[str, Any] | None:
+    """The scheduler config of the pipeline folder a UNet's weights sit in (<root>/unet/ beside
+    <root>/scheduler/ and <root>/model_index.json, as diffusers saves pipelines), if any."""
+    root = weights.parent.parent
+    config = root / "scheduler" / "scheduler_config.json"
+    if weights.parent.name != "unet" or not (root / "model_index.json").is_file() or not config.is_file():
+        return None
+    return _read_json(config)
 
 
 def read_checkpoint(path: str | Path, resolution: int | None = None, prefer_ema: bool = True) -> Checkpoint:
@@ -228,7 +249,10 @@ def read_checkpoint(path: str | Path, resolution: int | None = None, prefer_ema:
     if config_path.is_file() and path.name.startswith("diffusion_pytorch_model."):
         diffusers_config = _diffusers_config(config_path)
 
-    sd, layout, ema, hparams = _select_state_dict(_load_weights_file(path), prefer_ema)
+    contents, metadata = _load_weights_file(path)
+    sd, layout, ema, hparams = _select_state_dict(contents, prefer_ema)
+    # Our safetensors export carries the hyper-parameters a Lightning checkpoint would.
+    hparams = hparams if hparams is not None else record_from_metadata(metadata)
     if key_layout(sd) == "diffusers":
         if layout == "original":  # a DDIM list can only hold original keys; anything else is a diffusers file
             layout = "diffusers"
@@ -241,6 +265,12 @@ def read_checkpoint(path: str | Path, resolution: int | None = None, prefer_ema:
         config = infer_unet_config(sd, resolution)
         if diffusers_config is not None:
             config["dropout"] = float(diffusers_config.get("dropout", 0.0))
+            # A pipeline folder's scheduler says the schedule, what the network predicts and the variance.
+            scheduler = _pipeline_scheduler(path)
+            if scheduler is not None:
+                hparams = {
+                    k: v for k, v in record_from_scheduler(scheduler, config).hparams().items() if k != "net"
+                }
     return Checkpoint(state_dict=sd, config=config, layout=layout, ema=ema, hyper_parameters=hparams)
 
 

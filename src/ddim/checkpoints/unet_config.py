@@ -49,7 +49,7 @@ DIFFUSERS_DEFAULTS: dict[str, Any] = {
     "num_class_embeds": None,
 }
 # What the DDPM network needs from a diffusers config (google/ddpm-cifar10-32 has exactly these).
-_DDPM_DIFFUSERS_FIELDS: dict[str, Any] = {
+DDPM_DIFFUSERS_FIELDS: dict[str, Any] = {
     "center_input_sample": False,
     "time_embedding_type": "positional",
     "freq_shift": 1,
@@ -146,7 +146,7 @@ def check_diffusers_config(config: Mapping[str, Any]) -> None:
             f"diffusers model class {config['_class_name']!r} is not supported; only UNet2DModel is."
         )
     problems = []
-    for name, expected in _DDPM_DIFFUSERS_FIELDS.items():
+    for name, expected in DDPM_DIFFUSERS_FIELDS.items():
         value = config.get(name, DIFFUSERS_DEFAULTS[name])
         same = math.isclose(value, expected) if isinstance(expected, float) else value == expected
         if not same:

@@ -129,9 +129,14 @@ def reference_statistics(
         folder = cache_dir / "reference" / data_key(data_cfg, limit)
     suffix = "-features" if keep_features else ""
     stats_path = folder / f"stats-{extractor_key}-{feature_layer}{suffix}.npz"
-    if stats_path.is_file():
-        log.info(f"Reference statistics from cache: {stats_path}")
-        return Statistics.load(stats_path), str(stats_path)
+    # Statistics cached with their features (for KID, e.g. by the training FID monitor) serve FID alone too.
+    with_features = folder / f"stats-{extractor_key}-{feature_layer}-features.npz"
+    for cached in [stats_path] if keep_features else [stats_path, with_features]:
+        if cached.is_file():
+            log.info(f"Reference statistics from cache: {cached}")
+            stats = Statistics.load(cached)
+            stats.features = stats.features if keep_features else None
+            return stats, str(cached)
 
     if source == "cifar10-train":
         images = _cifar10_train(Path(data_dir) / "cifar10", download, limit)
