@@ -80,6 +80,24 @@ def feature_dim(extractor: torch.nn.Module, feature_layer: str, device: str | to
     return int(out[names.index(feature_layer)].reshape(1, -1).shape[1])
 
 
+def check_dimension(
+    stats: Statistics,
+    source: str,
+    extractor: torch.nn.Module,
+    key: str,
+    layer: str,
+    device: str | torch.device,
+) -> None:
+    """Statistics someone else computed must be of this extractor's features (else FID fails after sampling)."""
+    dim = feature_dim(extractor, layer, device)
+    if stats.mu.numel() != dim:
+        raise DDIMError(
+            f"fid.reference={source} holds statistics of {stats.mu.numel()}-dimensional features, but the "
+            f"feature extractor gives {dim} ({key}, layer {layer}): use statistics made with the same extractor, "
+            "or fid.reference=data to compute them. Nothing was generated."
+        )
+
+
 def statistics_file(source: str, keep_features: bool) -> tuple[Statistics, str]:
     """fid.reference=<path>: statistics someone computed before (an .npz with mu, sigma and maybe features)."""
     path = Path(source).expanduser()
@@ -113,13 +131,7 @@ def reference_statistics(
     cache_dir = Path(cache_dir)
     if source not in ("data", "cifar10-train"):
         stats, desc = statistics_file(source, keep_features)
-        dim = feature_dim(extractor, feature_layer, device)
-        if stats.mu.numel() != dim:
-            raise DDIMError(
-                f"fid.reference={source} holds statistics of {stats.mu.numel()}-dimensional features, but the "
-                f"feature extractor gives {dim} ({extractor_key}, layer {feature_layer}): use statistics made with "
-                "the same extractor, or fid.reference=data to compute them. Nothing was generated."
-            )
+        check_dimension(stats, source, extractor, extractor_key, feature_layer, device)
         return stats, desc
     if source == "cifar10-train":
         folder = cache_dir / "reference" / "torch-fidelity-cifar10-train"
