@@ -27,6 +27,7 @@ TASKS: dict[str, str] = {
     "progressive": "ddim.evaluation.tasks.progressive:run",
     "nll": "ddim.evaluation.tasks.nll:run",
     "rate_distortion": "ddim.evaluation.tasks.rate_distortion:run",
+    "optimize_timesteps": "ddim.evaluation.tasks.optimize_timesteps:run",
 }
 
 
