@@ -33,6 +33,7 @@ import argparse
 import csv
 import dataclasses
 import hashlib
+import itertools
 import json
 import logging
 import math
@@ -256,22 +257,24 @@ def optimized(bench: Bench, base: Sampler, nfe: int, args: argparse.Namespace) -
 # Phases
 
 
-def reference_rows(bench: Bench) -> None:
-    for steps in (100, 1000):
+def reference_rows(bench: Bench, steps_list: list[int]) -> None:
+    for steps in steps_list:
         bench.cell(make_sampler("ddim", steps=steps), "ddim", "uniform", steps, "reference")
 
 
-def main_table(bench: Bench, args: argparse.Namespace) -> None:
-    for name, options in SOLVERS:
-        row = row_name(name, options)
-        for spacing in args.spacings:
-            for nfe in args.nfe:
+def main_table(bench: Bench, args: argparse.Namespace, report: Any) -> None:
+    """Column by column in the order of --nfe (the most wanted first), a report after each column."""
+    for nfe in args.nfe:
+        for name, options in SOLVERS:
+            row = row_name(name, options)
+            for spacing in args.spacings:
                 if spacing == "optimized":
                     sampler = optimized(bench, make_sampler(name, **options), nfe, args)
                 else:
                     sampler = with_nfe(make_sampler(name, skip_type=spacing, **options), nfe, bench.schedule)
                 if sampler is not None:
                     bench.cell(sampler, row, spacing, nfe, "table")
+        report()
 
 
 def mean_fid(records: list[dict[str, Any]], lo: int = 5, hi: int = 10) -> float:
@@ -281,7 +284,7 @@ def mean_fid(records: list[dict[str, Any]], lo: int = 5, hi: int = 10) -> float:
 
 
 def variants(bench: Bench, args: argparse.Namespace) -> None:
-    """Last-step handling (final_step x lower_order_final) on each solver's two best fixed spacings at 5-10 NFE."""
+    """Last-step handling (final_step x lower_order_final) on each solver's best fixed spacing at 5-10 NFE."""
     for name, options in SOLVERS[1:]:
         row = row_name(name, options)
         fields = make_sampler(name, **options).settings()
@@ -290,19 +293,18 @@ def variants(bench: Bench, args: argparse.Namespace) -> None:
             {r["spacing"] for r in table if r["spacing"] != "optimized"},
             key=lambda s: mean_fid([r for r in table if r["spacing"] == s]),
         )
-        for spacing in ranked[:2]:
-            for final in ("denoise", "none"):
-                for lof in (True, False) if "lower_order_final" in fields else (True,):
-                    if (final, lof) == ("denoise", True):
-                        continue  # the main table's cells
-                    extra = {"final_step": final} | (
-                        {"lower_order_final": lof} if "lower_order_final" in fields else {}
-                    )
-                    base = make_sampler(name, skip_type=spacing, **options, **extra)
-                    for nfe in [n for n in args.nfe if 4 <= n <= 10]:
-                        sampler = with_nfe(base, nfe, bench.schedule)
-                        if sampler is not None:
-                            bench.cell(sampler, row, spacing, nfe, "variant")
+        lofs = (True, False) if "lower_order_final" in fields else (True,)
+        for spacing, final, lof in itertools.product(ranked[:1], ("denoise", "none"), lofs):
+            if (final, lof) == ("denoise", True):
+                continue  # the main table's cells
+            extra = {"final_step": final} | (
+                {"lower_order_final": lof} if "lower_order_final" in fields else {}
+            )
+            base = make_sampler(name, skip_type=spacing, **options, **extra)
+            for nfe in args.variant_nfe:
+                sampler = with_nfe(base, nfe, bench.schedule)
+                if sampler is not None:
+                    bench.cell(sampler, row, spacing, nfe, "variant")
 
 
 def shipped_pairs(bench: Bench, steps_list: list[int]) -> None:
@@ -506,11 +508,13 @@ def parse() -> argparse.Namespace:
     p.add_argument("--spacings", nargs="+", default=[*FIXED_SPACINGS, "optimized"])
     p.add_argument("--solvers", nargs="+", help="row names to keep, e.g. unipc2 ddim (default: all)")
     p.add_argument("--phases", nargs="+", default=["reference", "table", "variants", "pairs"])
+    p.add_argument("--reference-steps", type=int, nargs="+", default=[100, 1000], help="DDIM reference rows")
+    p.add_argument("--variant-nfe", type=int, nargs="+", default=[5, 10])
     p.add_argument("--pair-steps", type=int, nargs="+", default=[4, 5, 6, 8, 10, 15, 20])
     p.add_argument("--batch", type=int, default=1000, help="generation batch")
     p.add_argument("--precision", choices=["bf16", "fp32"], default="bf16")
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--search-x", type=int, default=256)
+    p.add_argument("--search-x", type=int, default=128)
     p.add_argument("--search-reference-steps", type=int, default=500)
     p.add_argument("--search-grid", type=int, default=100)
     p.add_argument("--search-refine", type=int, default=3)
@@ -535,7 +539,7 @@ def main() -> None:
     meta: dict[str, Any] = {"data": args.data, "model": args.ckpt, "precision": args.precision, "times": times,
                             "cpu": cpu, "threads": args.threads, "n": args.n, "seed": args.seed}  # fmt: skip
     phases = {"precision": lambda: meta.update(precision_check=precision_check(bench, args.data)),
-              "reference": lambda: reference_rows(bench), "table": lambda: main_table(bench, args),
+              "reference": lambda: reference_rows(bench, args.reference_steps), "table": lambda: main_table(bench, args, lambda: write_report(bench, out, meta)),
               "variants": lambda: variants(bench, args), "pairs": lambda: shipped_pairs(bench, args.pair_steps)}  # fmt: skip
     for phase in args.phases:
         t0 = time.perf_counter()

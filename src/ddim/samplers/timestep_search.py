@@ -24,7 +24,8 @@ import torch
 
 from ddim.diffusion.forward import eps_from_x0
 
-BOX_POINTS = 5  # paths with at most this many free points also try every -1/0/+1 move (3^5 = 243)
+BOX_POINTS = 4  # paths with at most this many free points also try every -1/0/+1 move (3^4 = 81)
+RUN_LENGTH = 2  # the longest run of consecutive points a move shifts together
 
 
 def distance(x: torch.Tensor, y: torch.Tensor) -> float:
@@ -129,8 +130,8 @@ def neighbours(path: tuple[int, ...], size: int, grid_size: int) -> Iterator[tup
 
 
 def blocks(points: int) -> list[tuple[int, int]]:
-    """(first, last) of every run of consecutive points but the first: single points, then longer runs."""
-    runs = [(p, q) for p in range(1, points) for q in range(p, points)]
+    """(first, last) of the runs of up to RUN_LENGTH consecutive points but the first; single points first."""
+    runs = [(p, q) for p in range(1, points) for q in range(p, min(points, p + RUN_LENGTH))]
     return sorted(runs, key=lambda run: run[1] - run[0])
 
 
@@ -148,12 +149,14 @@ def increasing(path: Sequence[int]) -> bool:
     return all(a < b for a, b in itertools.pairwise(path))
 
 
-def coarse_paths(grid_size: int, points: int, budget: int) -> Iterator[tuple[int, ...]]:
+def coarse_paths(grid_size: int, points: int, budget: int) -> list[tuple[int, ...]]:
     """Every path of `points` grid indices from 0 on the largest evenly spaced sub-grid (0 and the last
-    index included) that gives at most `budget` paths: an exhaustive start for coordinate_descent."""
+    index included) that gives at most `budget` paths: an exhaustive start for coordinate_descent. None
+    when that sub-grid would have fewer than twice `points` points (too coarse to be worth its cost)."""
     size = points
     while size < grid_size and math.comb(size, points - 1) <= budget:
         size += 1  # the sub-grid of size + 1 points leaves `size` choices below the fixed top
+    if size < min(grid_size, 2 * points):
+        return []
     coarse = sorted({round(i * (grid_size - 1) / (size - 1)) for i in range(size)}) if size > 1 else [0]
-    for rest in itertools.combinations(coarse[1:], points - 1):
-        yield (0, *rest)
+    return [(0, *rest) for rest in itertools.combinations(coarse[1:], points - 1)]

@@ -50,7 +50,7 @@ log = logging.getLogger(__name__)
 SEARCH_OFFSET = 1 << 30  # index of the first search latent among the run seed's samples
 Path_ = tuple[int, ...]  # a path on the grid: increasing indices into Reference.grid_desc, 0 first
 FIXED_SPACINGS = ("uniform", "quadratic", "logsnr", "karras", "trailing")
-COARSE_EVALS = 500  # sequences tried exhaustively on a coarse sub-grid before the polish
+COARSE_EVALS = 200  # sequences tried exhaustively on a coarse sub-grid before the polish
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -212,8 +212,9 @@ def search(net: EpsFn, schedule: Schedule, sampler: Sampler, ref: Reference, nfe
         baselines[spacing] = distance(objective.output(fixed), ref.x0_ref)
     starts = {"gits": tuple(gits)}
     starts |= {sp: p for sp in FIXED_SPACINGS if (p := snapped(sampler, sp, points, ref, schedule))}
-    if refine_rounds:
-        starts["coarse grid"] = min(coarse_paths(grid, points, COARSE_EVALS), key=objective)
+    coarse = coarse_paths(grid, points, COARSE_EVALS) if refine_rounds else []
+    if coarse:
+        starts["coarse grid"] = min(coarse, key=objective)
     first = min(starts, key=lambda name: objective(starts[name]))
     best, best_value, _ = coordinate_descent(objective, starts[first], grid, refine_rounds)
     return SearchResult(
