@@ -26,7 +26,8 @@ import torch
 
 from ddim.diffusion.schedule import SKIP_TYPES, Schedule, timestep_sequence
 from ddim.errors import DDIMError
-from ddim.samplers import timesteps_file
+from ddim.samplers.timesteps_file import TimestepsFile, check_nfe, check_sampler, read_timesteps_file
+from ddim.samplers.timesteps_file import check_schedule as check_file_schedule
 from ddim.settings import Count, SettingsError, check
 
 EpsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -92,12 +93,12 @@ class Sampler:
                 raise SamplerError(
                     "sampler.timesteps and sampler.timesteps_file both give the sequence; set only one."
                 )
-            record = timesteps_file.read_timesteps_file(str(self.timesteps_file))
-            timesteps_file.check_sampler(record, self.name, self.settings())
+            record = read_timesteps_file(str(self.timesteps_file))
+            check_sampler(record, self.name, self.settings())
             object.__setattr__(self, "_file", record)  # loaded once, when the sampler is built
 
     @property
-    def file_record(self) -> timesteps_file.TimestepsFile | None:
+    def file_record(self) -> TimestepsFile | None:
         """The loaded timesteps file (None without one)."""
         return self._file  # type: ignore[attr-defined]
 
@@ -114,7 +115,7 @@ class Sampler:
         """The increasing sub-sequence tau this sampler visits (in reverse)."""
         T = schedule.num_timesteps
         if self.file_record is not None:
-            timesteps_file.check_schedule(self.file_record, schedule)
+            check_file_schedule(self.file_record, schedule)
             return list(self.file_record.timesteps)
         if self.timesteps is not None:
             return timestep_sequence(custom=list(self.timesteps), num_timesteps=T).tolist()
@@ -127,7 +128,7 @@ class Sampler:
         NFE); once, before any network call. Subclasses add theirs after calling this."""
         self.sequence(schedule)
         if self.file_record is not None:
-            timesteps_file.check_nfe(self.file_record, self.nfe(schedule))
+            check_nfe(self.file_record, self.nfe(schedule))
         return self
 
     def nfe(self, schedule: Schedule) -> int:
