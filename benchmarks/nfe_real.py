@@ -9,11 +9,13 @@ torch-fidelity's network, training-set reference statistics, FID and KID of comp
 Cells: rows are samplers with their shipped last-step handling (Sampler.label(), e.g. unipc2_quadratic), the
 columns the network calls actually made (Sampler.nfe); each cell takes the number of steps whose NFE hits the
 column exactly ('-' where none does). Spacing "optimized" is the sequence task=optimize_timesteps finds for
-that sampler and NFE (searched once, kept as a timesteps file). DDIM at 100 and 1000 steps are the
-reference rows. Euler is left out: its update is DDIM's (tests/samplers check the identity).
-After the table: each solver's last-step variants (final_step, lower_order_final) on its two best spacings at
-5-10 NFE, the setting that measured best there, and every shipped default (conf/sampler/<name>.yaml) at
-sampler.steps=S beside sampler=ddim at the same S.
+that sampler and NFE with the chain starting at T - 1 (searched once, kept as a timesteps file);
+"optimized_top" (opt-in) lets the search start it anywhere sqrt(a_t) <= --top-signal (0.04: t >= 797, where
+the quadratic rule starts). DDIM at 100 and 1000 steps are the reference rows. Euler is left out: its update
+is DDIM's (tests/samplers check the identity); unipc3 and pndm_plms rows are opt-in (--solvers).
+After the table: each solver's last-step variants (final_step, lower_order_final) on its best fixed spacing
+at --variant-nfe, the settings that measured best at 5-10 NFE, and every shipped default
+(conf/sampler/<name>.yaml) at sampler.steps=S beside sampler=ddim at the same S.
 
 Speed (a shared 2-core CPU): generation runs in large batches under torch.inference_mode; each cell's uint8
 images and Inception features are cached under the cache folder (features keyed by a hash of the images), so
@@ -229,11 +231,15 @@ def row_name(name: str, options: dict[str, Any]) -> str:
     return "_".join([sampler.head(), *sampler.extras()]).replace("eta0", "ddim")
 
 
-def optimized(bench: Bench, base: Sampler, nfe: int, args: argparse.Namespace) -> Sampler | None:
-    """base with the timesteps task=optimize_timesteps finds for it at this NFE (searched once, kept)."""
+def optimized(
+    bench: Bench, base: Sampler, nfe: int, args: argparse.Namespace, free_top: bool
+) -> Sampler | None:
+    """base with the timesteps task=optimize_timesteps finds for it at this NFE (searched once, kept); the
+    chain starts at T - 1, or with free_top anywhere sqrt(a_t) <= --top-signal."""
     from ddim.evaluation.tasks import optimize_timesteps as opt
 
-    path = bench.out / "timesteps" / f"{base.label()}_nfe{nfe}.json"
+    signal = args.top_signal if free_top else 0.0
+    path = bench.out / "timesteps" / (f"{base.label()}_nfe{nfe}" + ("_top" if free_top else "") + ".json")
     if not path.is_file():
         if with_nfe(base, nfe, bench.schedule) is None:
             return None
@@ -242,13 +248,12 @@ def optimized(bench: Bench, base: Sampler, nfe: int, args: argparse.Namespace) -
             bench.reference = opt.reference(
                 bench.net, bench.schedule, x_T, args.search_grid, args.search_reference_steps, bench.batch
             )
-        result = opt.search(
-            bench.net, bench.schedule, base, bench.reference, nfe, args.search_refine, bench.batch
-        )
+        result = opt.search(bench.net, bench.schedule, base, bench.reference, nfe, args.search_refine,
+                            bench.batch, signal)  # fmt: skip
         opt.write_result(path, result, base, bench.schedule, checkpoint=args.ckpt)
-        log.info(f"search {base.label()} NFE {nfe}: {result.timesteps} (distance {result.distance:.4f}, GITS "
-                 f"{result.gits_distance:.4f}, start {result.start}; {result.network_calls} calls per latent, "
-                 f"{result.seconds:.1f} s)")  # fmt: skip
+        log.info(f"search {base.label()} NFE {nfe} top <= {signal}: {result.timesteps} (distance "
+                 f"{result.distance:.4f}, GITS {result.gits_distance:.4f}, start {result.start}; "
+                 f"{result.network_calls} calls per latent, {result.seconds:.1f} s)")  # fmt: skip
     return dataclasses.replace(base, timesteps_file=str(path))
 
 
@@ -267,8 +272,9 @@ def main_table(bench: Bench, args: argparse.Namespace, report: Any) -> None:
         for name, options in SOLVERS:
             row = row_name(name, options)
             for spacing in args.spacings:
-                if spacing == "optimized":
-                    sampler = optimized(bench, make_sampler(name, **options), nfe, args)
+                if spacing.startswith("optimized"):
+                    free_top = spacing == "optimized_top"
+                    sampler = optimized(bench, make_sampler(name, **options), nfe, args, free_top)
                 else:
                     sampler = with_nfe(make_sampler(name, skip_type=spacing, **options), nfe, bench.schedule)
                 if sampler is not None:
@@ -289,7 +295,7 @@ def variants(bench: Bench, args: argparse.Namespace) -> None:
         fields = make_sampler(name, **options).settings()
         table = [r for r in bench.rows if r["group"] == "table" and r["row"] == row]
         ranked = sorted(
-            {r["spacing"] for r in table if r["spacing"] != "optimized"},
+            {r["spacing"] for r in table if not r["spacing"].startswith("optimized")},
             key=lambda s: mean_fid([r for r in table if r["spacing"] == s]),
         )
         lofs = (True, False) if "lower_order_final" in fields else (True,)
@@ -361,7 +367,7 @@ def best_settings(records: list[dict[str, Any]]) -> list[str]:
     lines = []
     for row in dict.fromkeys(r["row"] for r in records if r["group"] in ("table", "variant")):
         mine = [r for r in records if r["row"] == row and r["group"] in ("table", "variant")]
-        mine = [r for r in mine if r["spacing"] != "optimized"]
+        mine = [r for r in mine if not r["spacing"].startswith("optimized")]
         groups: dict[str, list[dict[str, Any]]] = {}
         for r in mine:
             s = r["settings"]
@@ -446,10 +452,10 @@ def plot(path: Path, table: list[dict[str, Any]], ref: list[dict[str, Any]]) -> 
     chosen = []
     for row in dict.fromkeys(r["row"] for r in table):
         mine = [r for r in table if r["row"] == row]
-        fixed = {r["spacing"] for r in mine} - {"optimized"}
+        fixed = {r["spacing"] for r in mine if not r["spacing"].startswith("optimized")}
         if fixed:
             best = min(fixed, key=lambda s: mean_fid([r for r in mine if r["spacing"] == s]))
-            chosen += [r for r in mine if r["spacing"] in (best, "optimized")]
+            chosen += [r for r in mine if r["spacing"] == best or r["spacing"].startswith("optimized")]
     rows, cols, cells = cells_of(chosen, "fid")
     for r in ref[:1]:
         rows.append(f"ddim {r['nfe']} steps")
@@ -519,6 +525,9 @@ def parse() -> argparse.Namespace:
     p.add_argument("--search-reference-steps", type=int, default=500)
     p.add_argument("--search-grid", type=int, default=100)
     p.add_argument("--search-refine", type=int, default=3)
+    p.add_argument(
+        "--top-signal", type=float, default=0.04, help="spacing optimized_top: start where sqrt(a_t) <= this"
+    )
     return p.parse_args()
 
 

@@ -41,11 +41,12 @@ def exact_flow(x_T: torch.Tensor, t: int) -> torch.Tensor:
     return math.sqrt(a) * ORACLE.mean + (a * VAR + 1 - a).sqrt() * z
 
 
-def brute_force(edge: torch.Tensor, terminal: torch.Tensor, points: int) -> tuple[tuple[int, ...], float]:
+def brute_force(edge, terminal, points, start=None) -> tuple[tuple[int, ...], float]:
+    start = start if start is not None else torch.tensor([0.0] + [math.inf] * (edge.shape[0] - 1))
     best = None
-    for rest in itertools.combinations(range(1, edge.shape[0]), points - 1):
-        path = (0, *rest)
-        cost = sum(float(edge[a, b]) for a, b in itertools.pairwise(path)) + float(terminal[path[-1]])
+    for path in itertools.combinations(range(edge.shape[0]), points):
+        cost = float(start[path[0]]) + float(terminal[path[-1]])
+        cost += sum(float(edge[a, b]) for a, b in itertools.pairwise(path))
         if best is None or cost < best[1]:
             best = (path, cost)
     return best
@@ -57,10 +58,16 @@ def test_dynamic_programme_finds_the_cheapest_path_of_random_costs():
         edge = torch.rand(9, 9, generator=g, dtype=torch.float64).triu(1)
         edge[torch.tril(torch.ones(9, 9, dtype=torch.bool))] = math.inf
         terminal = torch.rand(9, generator=g, dtype=torch.float64)
+        start = torch.rand(9, generator=g, dtype=torch.float64)
+        start[3:] = math.inf  # a chain may start at the first three grid points only
         for points in range(1, 7):
             path, cost = best_path(edge, terminal, points)
             expected_path, expected_cost = brute_force(edge, terminal, points)
             assert tuple(path) == expected_path and cost == pytest.approx(expected_cost, rel=1e-12)
+            path, cost = best_path(edge, terminal, points, start)
+            expected_path, expected_cost = brute_force(edge, terminal, points, start)
+            assert tuple(path) == expected_path and cost == pytest.approx(expected_cost, rel=1e-12)
+            assert path[0] < 3
 
 
 def oracle_trajectory(grid_desc: list[int], x_T: torch.Tensor):
@@ -116,6 +123,17 @@ def test_search_finds_the_best_sequence_on_an_oracle_grid(name, options, nfe):
     assert result.network_calls > ref.steps
 
 
+def test_a_later_start_is_searched_only_where_the_prior_holds():
+    """start_signal = 0.04 lets the chain start at any grid timestep with sqrt(a_t) <= 0.04 (t >= 797 on
+    DDPM's schedule); by default it starts at T - 1."""
+    x_T = search_latents(32, 0, (D,))
+    ref = reference(eps, SCHED, x_T, grid_size=40, steps=200, batch=32)
+    fixed = search(eps, SCHED, make_sampler("ddim"), ref, 3, refine_rounds=1, batch=32)
+    free = search(eps, SCHED, make_sampler("ddim"), ref, 3, refine_rounds=1, batch=32, start_signal=0.04)
+    assert fixed.timesteps[-1] == 999 and 797 <= free.timesteps[-1] <= 999
+    assert free.distance <= fixed.distance
+
+
 def test_coarse_paths_and_coordinate_descent_on_a_known_minimum():
     paths = coarse_paths(100, 3, 200)
     assert 150 < len(paths) <= 200 and all(p[0] == 0 and p[1] < p[2] <= 99 for p in paths)
@@ -126,3 +144,9 @@ def test_coarse_paths_and_coordinate_descent_on_a_known_minimum():
         lambda p: sum((a - b) ** 2 for a, b in zip(p, target, strict=True)), (0, 40, 50, 60), 100, 20
     )
     assert path == target and value == 0 and evals > 1
+    moved, _, _ = coordinate_descent(lambda p: sum((a - b) ** 2 for a, b in zip(p, (2, 23), strict=True)),
+                                     (0, 40), 100, 20, first_max=5)  # fmt: skip
+    assert moved == (2, 23)
+    kept, _, _ = coordinate_descent(lambda p: sum((a - b) ** 2 for a, b in zip(p, (9, 23), strict=True)),
+                                    (0, 40), 100, 20, first_max=5)  # fmt: skip
+    assert kept == (5, 23)  # the first point stops at first_max

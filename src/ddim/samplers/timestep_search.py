@@ -62,16 +62,23 @@ def edge_costs(
     return edge, terminal
 
 
-def best_path(edge: torch.Tensor, terminal: torch.Tensor, points: int) -> tuple[list[int], float]:
-    """The increasing path of `points` grid indices starting at 0 that minimises the sum of its edge costs
-    plus the terminal cost of its last point (dynamic programming, O(points * G^2)); (path, its cost)."""
+def best_path(
+    edge: torch.Tensor, terminal: torch.Tensor, points: int, start: torch.Tensor | None = None
+) -> tuple[list[int], float]:
+    """The increasing path of `points` grid indices that minimises its start cost plus the sum of its edge
+    costs plus the terminal cost of its last point (dynamic programming, O(points * G^2)); (path, its cost).
+    start[i]: the cost of starting at grid point i (inf where a chain may not start); None: 0 at grid
+    point 0, the top of the grid, and nowhere else."""
     g = edge.shape[0]
     if not 1 <= points <= g:
         raise ValueError(f"A path of {points} points does not fit a grid of {g}.")
-    # cost[k][j]: the least cost of a path of k + 1 points from 0 to j; parent[k][j]: its previous point.
+    # cost[k][j]: the least cost of a path of k + 1 points ending at j; parent[k][j]: its previous point.
     cost = torch.full((points, g), math.inf, dtype=torch.float64)
     parent = torch.zeros((points, g), dtype=torch.int64)
-    cost[0, 0] = 0.0
+    if start is None:
+        cost[0, 0] = 0.0
+    else:
+        cost[0] = start.to(torch.float64)
     for k in range(1, points):
         through = cost[k - 1][:, None] + edge  # [i, j]: reach i with k points, then jump to j
         cost[k], parent[k] = through.min(dim=0)
@@ -88,11 +95,13 @@ def coordinate_descent(
     start: Sequence[int],
     grid_size: int,
     rounds: int,
+    first_max: int = 0,
 ) -> tuple[tuple[int, ...], float, int]:
-    """Move a run of consecutive points of an increasing path of grid indices together (the first point
-    stays), by steps of grid_size // 16 down to 1, keeping a move when the objective falls; at most `rounds`
-    passes, fewer once a pass changes nothing. Moving runs, not only single points, lets the search follow
-    valleys where neighbouring timesteps must move together. Returns (path, objective, evaluations)."""
+    """Move a run of consecutive points of an increasing path of grid indices together, by steps of
+    grid_size // 16 down to 1, keeping a move when the objective falls; at most `rounds` passes, fewer once
+    a pass changes nothing. The first point stays in [0, first_max] (0: it stays at 0). Moving runs, not
+    only single points, lets the search follow valleys where neighbouring timesteps must move together.
+    Returns (path, objective, evaluations)."""
     seen: dict[tuple[int, ...], float] = {}
 
     def value(path: tuple[int, ...]) -> float:
@@ -106,7 +115,7 @@ def coordinate_descent(
     for _ in range(rounds):
         improved = False
         for size in sizes:
-            for candidate in neighbours(best, size, grid_size):
+            for candidate in neighbours(best, size, grid_size, first_max):
                 if value(candidate) < best_value:
                     best, best_value, improved = candidate, value(candidate), True
         if not improved:
@@ -114,39 +123,37 @@ def coordinate_descent(
     return best, best_value, len(seen)
 
 
-def neighbours(path: tuple[int, ...], size: int, grid_size: int) -> Iterator[tuple[int, ...]]:
+def neighbours(
+    path: tuple[int, ...], size: int, grid_size: int, first_max: int = 0
+) -> Iterator[tuple[int, ...]]:
     """Paths one move of `size` away: runs of consecutive points shifted together; at size 1 on short paths
-    also every combination of -1 / 0 / +1 for the free points (all of them may need to move at once)."""
-    for first, last in blocks(len(path)):
+    also every combination of -1 / 0 / +1 for the free points (all of them may need to move at once). The
+    first point moves only within [0, first_max]."""
+    free = 0 if first_max > 0 else 1
+    for first, last in blocks(len(path), free):
         for delta in (size, -size):
-            moved = shifted(path, first, last, delta, grid_size)
-            if moved is not None:
+            moved = (*path[:first], *(i + delta for i in path[first : last + 1]), *path[last + 1 :])
+            if valid(moved, grid_size, first_max):
                 yield moved
-    if size == 1 and len(path) - 1 <= BOX_POINTS:
-        for deltas in itertools.product((-1, 0, 1), repeat=len(path) - 1):
-            moved = (path[0], *(i + d for i, d in zip(path[1:], deltas, strict=True)))
-            if moved != path and moved[-1] < grid_size and increasing(moved):
+    if size == 1 and len(path) - free <= BOX_POINTS:
+        for deltas in itertools.product((-1, 0, 1), repeat=len(path) - free):
+            moved = (*path[:free], *(i + d for i, d in zip(path[free:], deltas, strict=True)))
+            if moved != path and valid(moved, grid_size, first_max):
                 yield moved
 
 
-def blocks(points: int) -> list[tuple[int, int]]:
-    """(first, last) of the runs of up to RUN_LENGTH consecutive points but the first; single points first."""
-    runs = [(p, q) for p in range(1, points) for q in range(p, min(points, p + RUN_LENGTH))]
+def blocks(points: int, free: int = 1) -> list[tuple[int, int]]:
+    """(first, last) of the runs of up to RUN_LENGTH consecutive points from index `free` on; single points
+    first."""
+    runs = [(p, q) for p in range(free, points) for q in range(p, min(points, p + RUN_LENGTH))]
     return sorted(runs, key=lambda run: run[1] - run[0])
 
 
-def shifted(
-    path: tuple[int, ...], first: int, last: int, delta: int, grid_size: int
-) -> tuple[int, ...] | None:
-    """path with points first..last moved by delta along the grid, or None if it would leave the grid or
-    stop increasing."""
-    moved = (*path[:first], *(i + delta for i in path[first : last + 1]), *path[last + 1 :])
-    inside = 0 <= moved[first] and moved[last] < grid_size
-    return moved if inside and increasing(moved) else None
-
-
-def increasing(path: Sequence[int]) -> bool:
-    return all(a < b for a, b in itertools.pairwise(path))
+def valid(path: Sequence[int], grid_size: int, first_max: int) -> bool:
+    """Increasing, on the grid, and starting in [0, first_max]."""
+    return (
+        0 <= path[0] <= first_max and path[-1] < grid_size and all(a < b for a, b in itertools.pairwise(path))
+    )
 
 
 def coarse_paths(grid_size: int, points: int, budget: int) -> list[tuple[int, ...]]:

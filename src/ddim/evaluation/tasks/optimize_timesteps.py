@@ -29,8 +29,9 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import time
-from typing import Any
+from typing import Annotated, Any
 
 import torch
 
@@ -43,7 +44,7 @@ from ddim.samplers.base import EpsFn
 from ddim.samplers.dpm_solver import DPMSolverPP
 from ddim.samplers.timestep_search import best_path, coarse_paths, coordinate_descent, distance, edge_costs
 from ddim.samplers.timesteps_file import file_sha256, schedule_sha256, write_timesteps_file
-from ddim.settings import Count, NonNegativeInt
+from ddim.settings import Count, NonNegativeInt, Range
 
 log = logging.getLogger(__name__)
 
@@ -55,13 +56,14 @@ COARSE_EVALS = 200  # sequences tried exhaustively on a coarse sub-grid before t
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class SearchResult:
-    timesteps: list[int]  # increasing; the top is T - 1
+    timesteps: list[int]  # increasing; the top is T - 1 unless start_signal allows a later start
     distance: float  # the sampler's mean RMS distance to the reference solution on the search latents
     gits_timesteps: list[int]
     gits_distance: float
     start: str  # where the polish started: "gits" or a fixed spacing
     baselines: dict[str, float]  # each fixed spacing as it ships (its own top), same NFE
     grid: list[int]
+    start_signal: float  # the chain may start where sqrt(a_t) <= this (0: at T - 1 only)
     reference_steps: int  # network calls of the reference solution per latent
     network_calls: int  # per latent: the reference + every run of the sampler
     seconds: float
@@ -154,14 +156,27 @@ def reference(
     )  # fmt: skip
 
 
-def snapped(sampler: Sampler, spacing: str, points: int, ref: Reference, schedule: Schedule) -> Path_ | None:
-    """A fixed spacing's sequence moved onto the grid (nearest grid point), its top at T - 1; None if two
-    timesteps land on one grid point."""
+def snapped(
+    sampler: Sampler, spacing: str, points: int, ref: Reference, schedule: Schedule, first_max: int
+) -> Path_ | None:
+    """A fixed spacing's sequence moved onto the grid (nearest grid point), its top kept where a chain may
+    start (grid points 0..first_max) or else moved to T - 1; None if two timesteps land on one grid point."""
     seq = dataclasses.replace(sampler, steps=points, skip_type=spacing, timesteps=None, timesteps_file=None)
     ts = sorted(seq.sequence(schedule), reverse=True)
     g = ref.grid_desc
-    idx = [0] + [min(range(len(g)), key=lambda i: abs(g[i] - t)) for t in ts[1:]]
+    idx = [min(range(len(g)), key=lambda i: abs(g[i] - t)) for t in ts]
+    idx[0] = min(idx[0], first_max)
     return tuple(idx) if len(set(idx)) == len(idx) and idx == sorted(idx) else None
+
+
+def start_range(schedule: Schedule, ref: Reference, start_signal: float) -> int:
+    """The last grid index (noisiest first) where a chain may start: sqrt(a_t) <= start_signal; 0 is T - 1."""
+    table, last = schedule.alphas_cumprod.tolist(), 0
+    for i, t in enumerate(ref.grid_desc):
+        if table[t] ** 0.5 > start_signal:
+            break
+        last = i
+    return last
 
 
 class Objective:
@@ -190,8 +205,9 @@ class Objective:
 
 @torch.inference_mode()
 def search(net: EpsFn, schedule: Schedule, sampler: Sampler, ref: Reference, nfe: int, refine_rounds: int,
-           batch: int) -> SearchResult:  # fmt: skip
-    """The GITS sequence, polished on the sampler itself (see the module docstring)."""
+           batch: int, start_signal: float = 0.0) -> SearchResult:  # fmt: skip
+    """The GITS sequence, polished on the sampler itself (see the module docstring). start_signal > 0 lets
+    the chain start at any grid timestep with sqrt(a_t) <= start_signal instead of T - 1 only."""
     start = time.perf_counter()
     points = points_for_nfe(sampler, nfe, schedule)
     grid = len(ref.grid_desc)
@@ -202,7 +218,11 @@ def search(net: EpsFn, schedule: Schedule, sampler: Sampler, ref: Reference, nfe
     table = schedule.alphas_cumprod.tolist()
     final = getattr(sampler, "final_step", "denoise")
     edge, terminal = edge_costs(ref.states, ref.x0s, [table[t] for t in ref.grid_desc], ref.x0_ref, final)
-    gits, _ = best_path(edge, terminal, points)
+    first_max = start_range(schedule, ref, start_signal)
+    entry = torch.tensor(
+        [distance(ref.x_T, ref.states[i]) if i <= first_max else math.inf for i in range(grid)]
+    )
+    gits, _ = best_path(edge, terminal, points, entry)
     objective = Objective(net, schedule, sampler, ref, batch)
     baselines = {}
     for spacing in FIXED_SPACINGS:  # as they ship, for the record
@@ -211,17 +231,19 @@ def search(net: EpsFn, schedule: Schedule, sampler: Sampler, ref: Reference, nfe
         )
         baselines[spacing] = distance(objective.output(fixed), ref.x0_ref)
     starts = {"gits": tuple(gits)}
-    starts |= {sp: p for sp in FIXED_SPACINGS if (p := snapped(sampler, sp, points, ref, schedule))}
+    starts |= {
+        sp: p for sp in FIXED_SPACINGS if (p := snapped(sampler, sp, points, ref, schedule, first_max))
+    }
     coarse = coarse_paths(grid, points, COARSE_EVALS) if refine_rounds else []
     if coarse:
         starts["coarse grid"] = min(coarse, key=objective)
     first = min(starts, key=lambda name: objective(starts[name]))
-    best, best_value, _ = coordinate_descent(objective, starts[first], grid, refine_rounds)
+    best, best_value, _ = coordinate_descent(objective, starts[first], grid, refine_rounds, first_max)
     return SearchResult(
         timesteps=sorted(ref.grid_desc[i] for i in best), distance=best_value,
         gits_timesteps=sorted(ref.grid_desc[i] for i in gits), gits_distance=objective(tuple(gits)),
-        start=first, baselines=baselines, grid=sorted(ref.grid_desc), reference_steps=ref.steps,
-        network_calls=ref.steps + round(objective.net.rows / ref.x_T.shape[0]),
+        start=first, baselines=baselines, grid=sorted(ref.grid_desc), start_signal=start_signal,
+        reference_steps=ref.steps, network_calls=ref.steps + round(objective.net.rows / ref.x_T.shape[0]),
         seconds=ref.seconds + time.perf_counter() - start,
     )  # fmt: skip
 
@@ -262,6 +284,7 @@ def run(
     reference_steps: Count,
     grid: Count,
     refine_rounds: NonNegativeInt,
+    start_signal: Annotated[float, Range(ge=0, lt=1)],
 ) -> TaskResult:
     if ctx.sampler.stochastic:
         raise DDIMError(
@@ -272,7 +295,9 @@ def run(
     net = ctx.net.to(ctx.device).eval()
     x_T = search_latents(n_x, ctx.seed, ctx.image_shape, ctx.device)
     ref = reference(net, ctx.schedule, x_T, grid, reference_steps, ctx.generation.batch_size)
-    result = search(net, ctx.schedule, ctx.sampler, ref, nfe, refine_rounds, ctx.generation.batch_size)
+    result = search(
+        net, ctx.schedule, ctx.sampler, ref, nfe, refine_rounds, ctx.generation.batch_size, start_signal
+    )
     path = write_result(ctx.output_dir / "timesteps.json", result, ctx.sampler, ctx.schedule, ctx.checkpoint)
     log.info(
         f"{ctx.sampler.name} at NFE {nfe}: timesteps {result.timesteps}, distance {result.distance:.4f} "
