@@ -207,10 +207,25 @@ class Bench:
             "n": int(self.x_T.shape[0]), "generation_s": round(gen_s, 2),
             "score_s": round(time.perf_counter() - start, 2),
         }  # fmt: skip
-        self.rows.append(record)
+        self.rows = [r for r in self.rows if cell_key(r) != cell_key(record)] + [record]
         log.info(f"{group:9s} {row:28s} {spacing:10s} NFE {nfe:4d}: FID {record['fid']:8.3f}  KID "
                  f"{record['kid']:.4f}  ({record['generation_s']} + {record['score_s']} s)")  # fmt: skip
         return record
+
+
+def cell_key(record: dict[str, Any]) -> str:
+    return json.dumps([record["group"], record["row"], record["spacing"], record["nfe"], record["settings"]])
+
+
+def earlier_rows(out: Path, ckpt_sha: str, n: int, precision: str) -> list[dict[str, Any]]:
+    """The cells an earlier run wrote into this folder for the same model, sample count and precision: the
+    report of a run covers them too, so phases can run one at a time."""
+    path = out / "summary.json"
+    if not path.is_file():
+        return []
+    old = json.loads(path.read_text())
+    same = (old.get("ckpt_sha256"), old.get("n"), old.get("precision")) == (ckpt_sha, n, precision)
+    return old.get("records", []) if same else []
 
 
 def with_nfe(base: Sampler, nfe: int, schedule: Any) -> Sampler | None:
@@ -420,11 +435,22 @@ def write_report(bench: Bench, out: Path, meta: dict[str, Any]) -> None:
                      "|---|---|---|---|---|\n" + "".join(
             f"| {c['row']} | {c['fid']:.3f} | {c['fid_fp32']:.3f} | "
             f"{c['kid']:.5f} | {c['kid_fp32']:.5f} |\n" for c in meta["precision_check"]))  # fmt: skip
-    parts.append(f"\nTimes: {json.dumps(meta['times'])}\n")
+    parts.append(compute_line(records, out) + f" This run: {json.dumps(meta['times'])}; {meta['cpu']}, "
+                 f"{meta['threads']} threads.\n")  # fmt: skip
     write_text(out / "nfe_table.md", "\n".join(parts))
     write_records(out / "results.csv", records)
     write_json(out / "summary.json", {**meta, "records": records})
     plot(out / "fid_vs_nfe.png", table, ref)
+
+
+def compute_line(records: list[dict[str, Any]], out: Path) -> str:
+    """Where the time went, summed over every cell and search this folder holds (cached work counts once)."""
+    gen = sum(r["generation_s"] for r in records)
+    score = sum(r["score_s"] for r in records)
+    searches = [json.loads(p.read_text())["search"] for p in sorted((out / "timesteps").glob("*.json"))]
+    search_s = sum(s["seconds"] for s in searches)
+    return (f"\nCompute: {len(records)} cells, generation {gen / 60:.1f} min, Inception and FID/KID "
+            f"{score / 60:.1f} min; {len(searches)} timestep searches {search_s / 60:.1f} min.")  # fmt: skip
 
 
 def cells_of_variants(records: list[dict[str, Any]]) -> tuple[list[str], list[int], dict]:
@@ -497,7 +523,10 @@ def setup(args: argparse.Namespace, out: Path) -> Bench:
     shape = (int(config.get("in_channels", 3)), int(config["resolution"]), int(config["resolution"]))
     x_T = initial_noise((args.n, *shape), per_sample_generators(args.seed, range(args.n)))
     scorer = make_scorer(args.data, args.precision, args.cache or out / "cache")
-    return Bench(net, net.schedule, x_T, sha256_file(args.ckpt), out, args.batch, scorer, args.seed)
+    sha = sha256_file(args.ckpt)
+    bench = Bench(net, net.schedule, x_T, sha, out, args.batch, scorer, args.seed)
+    bench.rows = earlier_rows(out, sha, args.n, args.precision)
+    return bench
 
 
 def parse() -> argparse.Namespace:
@@ -546,7 +575,8 @@ def main() -> None:
     cpu = next(
         (ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "?"
     )
-    meta: dict[str, Any] = {"data": args.data, "model": args.ckpt, "precision": args.precision, "times": times,
+    meta: dict[str, Any] = {"data": args.data, "model": args.ckpt, "ckpt_sha256": bench.ckpt_sha,
+                            "precision": args.precision, "times": times,
                             "cpu": cpu, "threads": args.threads, "n": args.n, "seed": args.seed}  # fmt: skip
     phases = {"precision": lambda: meta.update(precision_check=precision_check(bench, args.data)),
               "reference": lambda: reference_rows(bench, args.reference_steps), "table": lambda: main_table(bench, args, lambda: write_report(bench, out, meta)),
