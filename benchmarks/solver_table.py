@@ -21,12 +21,14 @@ import argparse
 import dataclasses
 import math
 from contextlib import ExitStack
+from pathlib import Path
 from unittest import mock
 
 import torch
 
 from ddim.diffusion.oracle import GaussianOracle
 from ddim.diffusion.schedule import Schedule
+from ddim.errors import DDIMError
 from ddim.samplers import SAMPLERS, Sampler, make_sampler
 
 ROWS = [
@@ -100,6 +102,37 @@ def fmt(result: tuple[float, int] | None, nfe: int) -> str:
     return f"{kl:.3g}" + ("" if used == nfe else f" ({used})")
 
 
+SHIPPED = ("ddim", "euler", "dpm_solver_pp", "dpm_solver", "unipc", "heun", "pndm")
+
+
+def shipped_table(nfes: list[int], oracle: GaussianOracle, schedule: Schedule) -> None:
+    """KL of each shipped default (conf/sampler/<name>.yaml) at each NFE, and of the same sampler with the
+    timesteps task=optimize_timesteps finds on the oracle (top fixed at T - 1, 256 latents)."""
+    from omegaconf import OmegaConf
+
+    from ddim.evaluation.tasks.optimize_timesteps import reference, search, search_latents
+    from ddim.samplers.base import sampler_from_settings
+
+    root = Path(__file__).resolve().parents[1]
+    ref = reference(oracle.eps, schedule, search_latents(256, 0, tuple(oracle.mean.shape)), 100, 500, 256)
+    print("| shipped default | " + " | ".join(f"NFE {n}" for n in nfes) + " | optimized: " + " | ".join(
+        f"NFE {n}" for n in nfes) + " |")  # fmt: skip
+    print("|---" * (2 * len(nfes) + 1) + "|")
+    for name in SHIPPED:
+        shipped = sampler_from_settings(OmegaConf.load(root / "conf" / "sampler" / f"{name}.yaml"))
+        fixed = [fmt(cell(shipped, n, oracle, schedule), n) for n in nfes]
+        found = []
+        for n in nfes:
+            try:
+                result = search(oracle.eps, schedule, shipped, ref, n, refine_rounds=3, batch=256)
+            except DDIMError:  # an NFE the sampler cannot make exactly
+                found.append("-")
+                continue
+            tuned = dataclasses.replace(shipped, timesteps=tuple(result.timesteps))
+            found.append(f"{kl_to_data(*output_law(tuned, oracle, schedule), oracle):.3g}")
+        print(f"| {shipped.label()} | " + " | ".join(fixed) + " | " + " | ".join(found) + " |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -109,6 +142,11 @@ def main() -> None:
         "--spacings", nargs="+", default=["uniform", "quadratic", "logsnr", "karras", "trailing"]
     )
     parser.add_argument("--dims", type=int, default=32)
+    parser.add_argument(
+        "--shipped",
+        action="store_true",
+        help="only the shipped defaults (conf/sampler) and their optimized timesteps",
+    )
     args = parser.parse_args()
 
     schedule = Schedule.from_config()
@@ -119,6 +157,9 @@ def main() -> None:
         f"Data N(0, diag(logspace(-4, 0, {args.dims}))), T = 1000, linear betas. Check: DDIM quadratic S=10 "
         f"KL = {kl_to_data(*output_law(check, oracle, schedule), oracle):.4f} (expected 2.33)\n"
     )
+    if args.shipped:
+        shipped_table(args.nfe, oracle, schedule)
+        return
 
     best: dict[int, list[tuple[float, str]]] = {n: [] for n in args.nfe}
     for spacing in args.spacings:

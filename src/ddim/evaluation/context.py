@@ -30,6 +30,7 @@ from ddim.evaluation.launch import build_trainer, single_device
 from ddim.evaluation.settings import CheckedEval, EvalSettings
 from ddim.metrics.scoring import Scorer, prepare_scorer
 from ddim.samplers import Sampler
+from ddim.samplers.timesteps_file import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -64,16 +65,21 @@ class EvalContext:
     def sampler_record(self, sampler: Sampler) -> dict[str, Any]:
         """The fields of metrics.json (and the sweep tables) that describe one sampler; eta, variance and
         clip_x0 are null for samplers without them (Table 1's rows are the DDIM family's)."""
+        sequence = sampler.sequence(self.schedule)
+        chosen = sampler.timesteps is not None or sampler.timesteps_file is not None
         return {
             "eta": getattr(sampler, "eta", None),
-            "steps": int(sampler.steps) if sampler.timesteps is None else len(sampler.timesteps),
-            "skip_type": sampler.skip_type if sampler.timesteps is None else "custom",
+            "steps": len(sequence) if chosen else int(sampler.steps),
+            "skip_type": ("optimized" if sampler.timesteps_file else "custom")
+            if chosen
+            else sampler.skip_type,
             "variance": getattr(sampler, "variance", None),
             "clip_x0": getattr(sampler, "clip_x0", None),
             "sampler": sampler.name,
             "sampler_label": sampler.label(),
             "sampler_settings": sampler.settings(),
             "nfe": sampler.nfe(self.schedule),
+            "sequence": sequence,  # the timesteps visited, increasing
             "checkpoint": self.checkpoint,
             "seed": self.seed,
             "num_timesteps": self.schedule.num_timesteps,
@@ -81,9 +87,12 @@ class EvalContext:
 
     def identity(self, sampler: Sampler) -> dict[str, Any]:
         """What decides every pixel of a samples folder (its manifest guards resuming with other settings)."""
+        sampler_identity = {"name": sampler.name, **sampler.settings()}
+        if sampler.timesteps_file is not None:  # the file's content, not its path, decides the pixels
+            sampler_identity["sequence"] = sampler.sequence(self.schedule)
         return {
             "checkpoint": self.checkpoint,
-            "sampler": {"name": sampler.name, **sampler.settings()},
+            "sampler": sampler_identity,
             "image_shape": list(self.image_shape),
             "schedule": [
                 float(self.schedule.betas[0]),
@@ -165,6 +174,18 @@ def load_network(settings: EvalSettings, schedule_cfg: DictConfig) -> tuple[Mode
     return ModelFn(unet, ModelSpec.from_hparams(hparams), schedule), config, path
 
 
+def warn_if_searched_elsewhere(sampler: Sampler, checkpoint: str) -> None:
+    """A timesteps file searched on another checkpoint is used (schedule, sampler and NFE match: a fair start
+    for a fine-tuned model), with a warning that a search on this one may do better."""
+    record = sampler.file_record
+    if record is None or record.checkpoint_sha256 in (None, file_sha256(checkpoint)):
+        return
+    log.warning(
+        f"sampler.timesteps_file={record.path} was searched on another checkpoint; it is used as it is, but "
+        "task=optimize_timesteps on this checkpoint may find a better sequence."
+    )
+
+
 def load_context(cfg: DictConfig, checked: CheckedEval) -> EvalContext:
     """Read the checkpoint, build its network and schedule, check the sampler against the schedule: nothing
     is written yet except the (empty) output directory."""
@@ -174,6 +195,7 @@ def load_context(cfg: DictConfig, checked: CheckedEval) -> EvalContext:
     check_folder(settings.samples_dir, "samples_dir")
     net, config, path = load_network(settings, cfg.schedule)
     sampler = checked.sampler.check_schedule(net.schedule)
+    warn_if_searched_elsewhere(sampler, path)
     output_dir.mkdir(parents=True, exist_ok=True)  # Hydra makes it for CLI runs; the Python API may not
     image_shape = (int(config.get("in_channels", 3)), int(config["resolution"]), int(config["resolution"]))
     data_cfg = data_for_checkpoint(cfg.get("data"), image_shape[-1])

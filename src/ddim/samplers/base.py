@@ -26,6 +26,8 @@ import torch
 
 from ddim.diffusion.schedule import SKIP_TYPES, Schedule, timestep_sequence
 from ddim.errors import DDIMError
+from ddim.samplers.timesteps_file import TimestepsFile, check_nfe, check_sampler, read_timesteps_file
+from ddim.samplers.timesteps_file import check_schedule as check_file_schedule
 from ddim.settings import Count, SettingsError, check
 
 EpsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -65,13 +67,15 @@ SAMPLERS: dict[str, type[Sampler]] = {}
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class Sampler:
     """steps: S; skip_type: the rule that picks S timesteps (ddim.diffusion.schedule.timestep_sequence);
-    timesteps: an explicit increasing list that replaces steps and skip_type."""
+    timesteps: an explicit increasing list that replaces steps and skip_type; timesteps_file: a sequence
+    task=optimize_timesteps searched for this sampler (ddim.samplers.timesteps_file), which replaces them too."""
 
     name: ClassVar[str] = ""
     stochastic: ClassVar[bool] = False
     steps: Count = 100
     skip_type: SkipType = "uniform"
     timesteps: tuple[int, ...] | None = None
+    timesteps_file: str | None = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -83,6 +87,20 @@ class Sampler:
             # Hydra hands over ListConfig: keep plain values so the settings are hashable and serialisable.
             object.__setattr__(self, "timesteps", tuple(self.timesteps))
         check(type(self), self.settings(), "sampler", f"sampler={self.name}")
+        object.__setattr__(self, "_file", None)
+        if self.timesteps_file is not None:
+            if self.timesteps is not None:
+                raise SamplerError(
+                    "sampler.timesteps and sampler.timesteps_file both give the sequence; set only one."
+                )
+            record = read_timesteps_file(str(self.timesteps_file))
+            check_sampler(record, self.name, self.settings())
+            object.__setattr__(self, "_file", record)  # loaded once, when the sampler is built
+
+    @property
+    def file_record(self) -> TimestepsFile | None:
+        """The loaded timesteps file (None without one)."""
+        return self._file  # type: ignore[attr-defined]
 
     def settings(self) -> dict[str, Any]:
         """The settings as plain values (list for timesteps), what metrics.json and manifests record."""
@@ -96,6 +114,9 @@ class Sampler:
     def sequence(self, schedule: Schedule) -> list[int]:
         """The increasing sub-sequence tau this sampler visits (in reverse)."""
         T = schedule.num_timesteps
+        if self.file_record is not None:
+            check_file_schedule(self.file_record, schedule)
+            return list(self.file_record.timesteps)
         if self.timesteps is not None:
             return timestep_sequence(custom=list(self.timesteps), num_timesteps=T).tolist()
         return timestep_sequence(
@@ -103,8 +124,11 @@ class Sampler:
         ).tolist()
 
     def check_schedule(self, schedule: Schedule) -> Sampler:
-        """The checks that need the schedule (steps <= T, the sequence itself); once, before any network call."""
+        """The checks that need the schedule (steps <= T, the sequence itself, a timesteps file's schedule and
+        NFE); once, before any network call. Subclasses add theirs after calling this."""
         self.sequence(schedule)
+        if self.file_record is not None:
+            check_nfe(self.file_record, self.nfe(schedule))
         return self
 
     def nfe(self, schedule: Schedule) -> int:
@@ -122,11 +146,14 @@ class Sampler:
         return []
 
     def spacing(self) -> str:
+        if self.file_record is not None:
+            return "optimized"
         return f"custom{len(self.timesteps)}" if self.timesteps is not None else self.skip_type
 
     def tag(self) -> str:
         """A short name for directories and table rows, e.g. 'eta0_S100_uniform' or 'dpm_solver_pp2_S10_logsnr'."""
-        span = self.spacing() if self.timesteps is not None else f"S{self.steps}_{self.spacing()}"
+        steps = len(self.file_record.timesteps) if self.file_record is not None else self.steps
+        span = self.spacing() if self.timesteps is not None else f"S{steps}_{self.spacing()}"
         return "_".join([self.head(), span, *self.extras()])
 
     def label(self) -> str:

@@ -55,6 +55,7 @@ class DDIM(Sampler):
         return self.eta > 0 or self.variance == "sigma_hat"
 
     def check_schedule(self, schedule: Schedule) -> DDIM:
+        super().check_schedule(schedule)
         check_eta_fits(self.eta, self.variance, _pairs(self.sequence(schedule), schedule))
         return self
 

@@ -71,7 +71,9 @@ def consistency(
         raise SamplerError("consistency needs at least one number of steps, e.g. [10, 20, 50, 100].")
     return torch.stack(
         [
-            dataclasses.replace(sampler, steps=s, timesteps=None).run(eps_fn, x_T, schedule)
+            dataclasses.replace(sampler, steps=s, timesteps=None, timesteps_file=None).run(
+                eps_fn, x_T, schedule
+            )
             for s in steps_list
         ],
         dim=1,

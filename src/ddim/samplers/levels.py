@@ -108,6 +108,7 @@ class PathSampler(Sampler):
 
     def check_schedule(self, schedule: Schedule) -> PathSampler:
         self.path(schedule)
+        super().check_schedule(schedule)
         return self
 
     def path_steps(self, schedule: Schedule) -> int:

@@ -28,6 +28,7 @@ TASKS: dict[str, str] = {
     "ddpm_interpolation": "ddim.evaluation.tasks.ddpm_interpolation:run",
     "nll": "ddim.evaluation.tasks.nll:run",
     "rate_distortion": "ddim.evaluation.tasks.rate_distortion:run",
+    "optimize_timesteps": "ddim.evaluation.tasks.optimize_timesteps:run",
 }
 
 

@@ -124,7 +124,9 @@ def run(
     # The sampler's spacing at each S; encoding and decoding are DDIM's (eta = 0), as in Table 2.
     sequences = {
         int(s): torch.tensor(
-            dataclasses.replace(ctx.sampler, steps=int(s), timesteps=None).sequence(ctx.schedule)
+            dataclasses.replace(ctx.sampler, steps=int(s), timesteps=None, timesteps_file=None).sequence(
+                ctx.schedule
+            )
         )
         for s in steps
     }

@@ -28,6 +28,11 @@ def grid(base: Sampler, etas: Sequence[float], steps: Sequence[int], sigma_hat: 
             f"task=sweep is DDIM Table 1's eta x S grid of the generalized sampler; sampler={base.name} has no "
             "eta. Use sampler=ddim (sampler.skip_type sets the spacing), or a multirun over samplers."
         )
+    if base.timesteps_file is not None:
+        raise DDIMError(
+            "task=sweep varies sampler.steps and eta, but sampler.timesteps_file fixes the sequence (and eta); "
+            "score it with task=fid, or compare files in a multirun: sampler.timesteps_file=a.json,b.json."
+        )
     if not steps or (not etas and not sigma_hat):
         raise DDIMError("sweep.steps and sweep.etas (or sweep.sigma_hat=true) must not be empty.")
     points = [
