@@ -9,9 +9,9 @@ torch-fidelity's network, training-set reference statistics, FID and KID of comp
 Cells: rows are samplers with their shipped last-step handling (Sampler.label(), e.g. unipc2_quadratic), the
 columns the network calls actually made (Sampler.nfe); each cell takes the number of steps whose NFE hits the
 column exactly ('-' where none does). Spacing "optimized" is the sequence task=optimize_timesteps finds for
-that sampler and NFE with the chain starting at T - 1 (searched once, kept as a timesteps file);
-"optimized_top" (opt-in) lets the search start it anywhere sqrt(a_t) <= --top-signal (0.04: t >= 797, where
-the quadratic rule starts). DDIM at 100 and 1000 steps are the reference rows. Euler is left out: its update
+that sampler and NFE (searched once, kept as a timesteps file), its chain starting anywhere sqrt(a_t) <=
+--top-signal (0.04: t >= 797, where the quadratic rule starts; the task's default); "optimized_T" (opt-in)
+keeps the top at T - 1. DDIM at 100 and 1000 steps are the reference rows. Euler is left out: its update
 is DDIM's (tests/samplers check the identity); unipc3 and pndm_plms rows are opt-in (--solvers).
 After the table: each solver's last-step variants (final_step, lower_order_final) on its best fixed spacing
 at --variant-nfe, the settings that measured best at 5-10 NFE, and every shipped default
@@ -247,14 +247,13 @@ def row_name(name: str, options: dict[str, Any]) -> str:
 
 
 def optimized(
-    bench: Bench, base: Sampler, nfe: int, args: argparse.Namespace, free_top: bool
+    bench: Bench, base: Sampler, nfe: int, args: argparse.Namespace, signal: float
 ) -> Sampler | None:
     """base with the timesteps task=optimize_timesteps finds for it at this NFE (searched once, kept); the
-    chain starts at T - 1, or with free_top anywhere sqrt(a_t) <= --top-signal."""
+    chain starts where sqrt(a_t) <= signal (0: at T - 1)."""
     from ddim.evaluation.tasks import optimize_timesteps as opt
 
-    signal = args.top_signal if free_top else 0.0
-    path = bench.out / "timesteps" / (f"{base.label()}_nfe{nfe}" + ("_top" if free_top else "") + ".json")
+    path = bench.out / "timesteps" / f"{base.label()}_nfe{nfe}_top{signal:g}.json"
     if not path.is_file():
         if with_nfe(base, nfe, bench.schedule) is None:
             return None
@@ -288,8 +287,8 @@ def main_table(bench: Bench, args: argparse.Namespace, report: Any) -> None:
             row = row_name(name, options)
             for spacing in args.spacings:
                 if spacing.startswith("optimized"):
-                    free_top = spacing == "optimized_top"
-                    sampler = optimized(bench, make_sampler(name, **options), nfe, args, free_top)
+                    signal = 0.0 if spacing == "optimized_T" else args.top_signal
+                    sampler = optimized(bench, make_sampler(name, **options), nfe, args, signal)
                 else:
                     sampler = with_nfe(make_sampler(name, skip_type=spacing, **options), nfe, bench.schedule)
                 if sampler is not None:
@@ -555,7 +554,7 @@ def parse() -> argparse.Namespace:
     p.add_argument("--search-grid", type=int, default=100)
     p.add_argument("--search-refine", type=int, default=3)
     p.add_argument(
-        "--top-signal", type=float, default=0.04, help="spacing optimized_top: start where sqrt(a_t) <= this"
+        "--top-signal", type=float, default=0.04, help="spacing optimized: start where sqrt(a_t) <= this"
     )
     return p.parse_args()
 

@@ -124,7 +124,9 @@ def shipped_table(nfes: list[int], oracle: GaussianOracle, schedule: Schedule) -
         found = []
         for n in nfes:
             try:
-                result = search(oracle.eps, schedule, shipped, ref, n, refine_rounds=3, batch=256)
+                result = search(
+                    oracle.eps, schedule, shipped, ref, n, refine_rounds=3, batch=256, start_signal=0.0
+                )
             except DDIMError:  # an NFE the sampler cannot make exactly
                 found.append("-")
                 continue

@@ -4,9 +4,10 @@ solution at a given NFE, for this checkpoint; written as timesteps.json for `sam
 Method: GITS (Chen et al. 2024, arXiv 2405.11326), then a polish on the solver itself.
 1. Reference: DPM-Solver++(2M) with `reference_steps` steps (plus every grid point) from n_x latents x_T,
    keeping its state and the network's x0 estimate at each grid point. The grid is `grid` timesteps spaced
-   evenly in log-SNR from T - 1 to 0; the chain always starts at T - 1, where q(x_T) is N(0, I) to within
-   sqrt(a_T) = 0.006 for DDPM's schedule (a later start would win on the error but sample from the wrong
-   prior).
+   evenly in log-SNR from T - 1 to 0. The chain may start at any grid timestep where q(x_t) is still close
+   to N(0, I): sqrt(a_t) <= `start_signal` (0.04 by default: t >= 797 on DDPM's schedule, where DDIM's
+   quadratic rule starts; 0 keeps T - 1). Starting it lower would win on the error but sample from a prior
+   the model does not have; the start costs the distance of x_T to the reference state there.
 2. GITS: the cost of jumping from grid point i to j is the distance of one first-order (DDIM) step from the
    reference state at i to the reference state at j (ddim.samplers.timestep_search.edge_costs); dynamic
    programming picks the sequence of the needed length with the least total cost. This costs no network call
@@ -14,9 +15,11 @@ Method: GITS (Chen et al. 2024, arXiv 2405.11326), then a polish on the solver i
    with iPNDM and others): a multistep solver's local error depends on the points before, which no edge cost
    can hold.
 3. Polish: the chosen sampler itself is run on the n_x latents with the GITS sequence and with each fixed
-   spacing (uniform, quadratic, logsnr, karras, trailing, moved onto the grid with the top at T - 1); from
-   the best of these, coordinate descent moves one timestep at a time along the grid while the sampler's
-   distance to the reference solution falls (`refine_rounds` passes; 0 keeps the GITS sequence).
+   spacing (uniform, quadratic, logsnr, karras, trailing, moved onto the grid); from the best of these,
+   coordinate descent moves timesteps along the grid while the sampler's distance to the reference solution
+   falls (`refine_rounds` passes; 0 keeps the GITS sequence). A fixed spacing as it ships (off the grid) that
+   starts where the prior holds and is still closer is kept instead, so the result is never worse than the
+   best fixed spacing on the search's own measure.
 Why GITS rather than DMN (arXiv 2402.17376): DMN optimises a data-free bound that depends only on the noise
 schedule, so it cannot adapt to a user's model, which is the point of a per-checkpoint search; GITS measures
 the model's own trajectories at the cost of a few hundred reference calls per latent.
@@ -56,11 +59,11 @@ COARSE_EVALS = 200  # sequences tried exhaustively on a coarse sub-grid before t
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class SearchResult:
-    timesteps: list[int]  # increasing; the top is T - 1 unless start_signal allows a later start
+    timesteps: list[int]  # increasing; the top where sqrt(a_t) <= start_signal (T - 1 if none is)
     distance: float  # the sampler's mean RMS distance to the reference solution on the search latents
     gits_timesteps: list[int]
     gits_distance: float
-    start: str  # where the polish started: "gits" or a fixed spacing
+    start: str  # where the polish started ("gits", a fixed spacing, "coarse grid"), or "<spacing> as shipped"
     baselines: dict[str, float]  # each fixed spacing as it ships (its own top), same NFE
     grid: list[int]
     start_signal: float  # the chain may start where sqrt(a_t) <= this (0: at T - 1 only)
@@ -205,9 +208,9 @@ class Objective:
 
 @torch.inference_mode()
 def search(net: EpsFn, schedule: Schedule, sampler: Sampler, ref: Reference, nfe: int, refine_rounds: int,
-           batch: int, start_signal: float = 0.0) -> SearchResult:  # fmt: skip
+           batch: int, start_signal: float) -> SearchResult:  # fmt: skip
     """The GITS sequence, polished on the sampler itself (see the module docstring). start_signal > 0 lets
-    the chain start at any grid timestep with sqrt(a_t) <= start_signal instead of T - 1 only."""
+    the chain start at any grid timestep with sqrt(a_t) <= start_signal (0: at T - 1 only)."""
     start = time.perf_counter()
     points = points_for_nfe(sampler, nfe, schedule)
     grid = len(ref.grid_desc)
@@ -224,12 +227,15 @@ def search(net: EpsFn, schedule: Schedule, sampler: Sampler, ref: Reference, nfe
     )
     gits, _ = best_path(edge, terminal, points, entry)
     objective = Objective(net, schedule, sampler, ref, batch)
-    baselines = {}
-    for spacing in FIXED_SPACINGS:  # as they ship, for the record
+    baselines, shipped = {}, {}
+    for spacing in FIXED_SPACINGS:  # as they ship: the record, and a result the polish must beat
         fixed = dataclasses.replace(
             sampler, steps=points, skip_type=spacing, timesteps=None, timesteps_file=None
         )
         baselines[spacing] = distance(objective.output(fixed), ref.x0_ref)
+        sequence = fixed.sequence(schedule)
+        if sequence[-1] == schedule.num_timesteps - 1 or table[sequence[-1]] ** 0.5 <= start_signal:
+            shipped[spacing] = sequence
     starts = {"gits": tuple(gits)}
     starts |= {
         sp: p for sp in FIXED_SPACINGS if (p := snapped(sampler, sp, points, ref, schedule, first_max))
@@ -239,8 +245,12 @@ def search(net: EpsFn, schedule: Schedule, sampler: Sampler, ref: Reference, nfe
         starts["coarse grid"] = min(coarse, key=objective)
     first = min(starts, key=lambda name: objective(starts[name]))
     best, best_value, _ = coordinate_descent(objective, starts[first], grid, refine_rounds, first_max)
+    timesteps = sorted(ref.grid_desc[i] for i in best)
+    kept = min(shipped, key=baselines.__getitem__, default=None)
+    if kept is not None and baselines[kept] < best_value:
+        timesteps, best_value, first = list(shipped[kept]), baselines[kept], f"{kept} as shipped"
     return SearchResult(
-        timesteps=sorted(ref.grid_desc[i] for i in best), distance=best_value,
+        timesteps=timesteps, distance=best_value,
         gits_timesteps=sorted(ref.grid_desc[i] for i in gits), gits_distance=objective(tuple(gits)),
         start=first, baselines=baselines, grid=sorted(ref.grid_desc), start_signal=start_signal,
         reference_steps=ref.steps, network_calls=ref.steps + round(objective.net.rows / ref.x_T.shape[0]),
