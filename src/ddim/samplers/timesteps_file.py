@@ -41,7 +41,7 @@ class TimestepsFile:
     sampler: str
     settings: dict[str, Any]  # the update settings the sequence was searched for (no SEQUENCE_KEYS)
     nfe: int
-    timesteps: tuple[int, ...]  # increasing, the top is the schedule's T - 1
+    timesteps: tuple[int, ...]  # increasing; the top where the search let the chain start
     num_timesteps: int
     betas_sha256: str
     checkpoint_sha256: str | None

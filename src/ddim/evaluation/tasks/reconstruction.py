@@ -112,6 +112,19 @@ def reconstruction_mse(
     return mse, figure, module.shown
 
 
+def spaced_sequences(ctx: EvalContext, steps: Sequence[Count]) -> dict[int, torch.Tensor]:
+    """The sampler's spacing at each S (an explicit sequence or file is dropped, S varies); encoding and
+    decoding are DDIM's (eta = 0), as in Table 2."""
+    return {
+        int(s): torch.tensor(
+            dataclasses.replace(ctx.sampler, steps=int(s), timesteps=None, timesteps_file=None).sequence(
+                ctx.schedule
+            )
+        )
+        for s in steps
+    }
+
+
 def run(
     ctx: EvalContext,
     *,
@@ -121,15 +134,7 @@ def run(
     n_show: NonNegativeInt,
 ) -> TaskResult | None:
     """n_images: null = the whole test set; batch_size: null = the run's batch_size."""
-    # The sampler's spacing at each S; encoding and decoding are DDIM's (eta = 0), as in Table 2.
-    sequences = {
-        int(s): torch.tensor(
-            dataclasses.replace(ctx.sampler, steps=int(s), timesteps=None, timesteps_file=None).sequence(
-                ctx.schedule
-            )
-        )
-        for s in steps
-    }
+    sequences = spaced_sequences(ctx, steps)
     test_set = split_dataset(ctx, "test", "reconstruction")
     n = len(test_set) if n_images is None else min(int(n_images), len(test_set))
     trainer = ctx.make_trainer()
