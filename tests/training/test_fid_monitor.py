@@ -21,7 +21,7 @@ from ddim.training.fid_monitor import FIDMonitor, count_label, interleave
 from ddim.training.module import DiffusionModule
 from ddim.training.train import train
 
-METRIC = "val/fid_10_dpm_solver_pp2_S3_logsnr"
+METRIC = "val/fid_10_dpm_solver_pp2_S3_quadratic"
 
 
 @pytest.fixture
@@ -114,7 +114,7 @@ def test_the_monitor_draws_the_samples_evaluation_draws(tmp_path, tiny_net, comp
                           ShardPlan(7, 7), seed=5, batch_size=7)  # fmt: skip
     assert torch.equal(images, writer.generate(0, 7))
     assert torch.equal(images[4:], monitor.generate(module, range(4, 7)))
-    assert monitor.metric == "val/fid_7_dpm_solver_pp2_S10_logsnr"
+    assert monitor.metric == "val/fid_7_dpm_solver_pp2_S10_quadratic"
 
 
 def test_the_composed_node_is_checked_and_the_names_carry_the_sample_count(compose_config):

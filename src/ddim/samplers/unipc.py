@@ -34,7 +34,7 @@ class UniPC(PathSampler):
 
     name: ClassVar[str] = "unipc"
     steps: Count = 10
-    skip_type: SkipType = "logsnr"
+    skip_type: SkipType = "quadratic"  # the best spacing at 5-10 NFE on a trained model (docs/sampling.md)
     order: Literal[1, 2, 3] = 2
     variant: Literal[VARIANTS] = "bh2"
     corrector: bool = True

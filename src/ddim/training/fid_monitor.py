@@ -2,7 +2,7 @@
 scored against the cached training-set statistics with the evaluation's own FID code.
 
 Honest by construction:
-- the metric's name carries the sample count and the sampler (`val/fid_2k_dpm_solver_pp2_S10_logsnr`): FID
+- the metric's name carries the sample count and the sampler (`val/fid_2k_dpm_solver_pp2_S10_quadratic`): FID
   is biased upwards at small n, so 2k-sample numbers read several points above a 50k FID of the same model
   and are comparable only with each other;
 - sample i is drawn from the generator seeded by (seed, i), as evaluation draws it, so the same weights give
