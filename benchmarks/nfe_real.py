@@ -253,7 +253,8 @@ def optimized(
     chain starts where sqrt(a_t) <= signal (0: at T - 1)."""
     from ddim.evaluation.tasks import optimize_timesteps as opt
 
-    path = bench.out / "timesteps" / f"{base.label()}_nfe{nfe}_top{signal:g}.json"
+    name = "_".join([base.head(), *base.extras()])  # the spacing does not matter: the file replaces it
+    path = bench.out / "timesteps" / f"{name}_nfe{nfe}_top{signal:g}.json"
     if not path.is_file():
         if with_nfe(base, nfe, bench.schedule) is None:
             return None
