@@ -115,10 +115,10 @@ def test_multirun_ends_with_table1_and_plot(
     }
     assert solver_jobs["dpm_solver_pp"]["nfe"] == 3 and solver_jobs["heun"]["nfe"] == 5  # 2 calls per step
     nfe_table = _table(sweep_dir / "nfe_table.csv")
-    assert {"dpm_solver_pp2_quadratic", "heun_karras", "eta0_uniform", "sigma_hat_uniform_clip"} <= set(
+    assert {"dpm_solver_pp2_quadratic", "heun_trailing", "eta0_uniform", "sigma_hat_uniform_clip"} <= set(
         nfe_table
     )
-    assert float(nfe_table["heun_karras"]["NFE=5"]) == pytest.approx(solver_jobs["heun"]["fid"], rel=1e-5)
+    assert float(nfe_table["heun_trailing"]["NFE=5"]) == pytest.approx(solver_jobs["heun"]["fid"], rel=1e-5)
     assert (sweep_dir / "fid_vs_nfe.png").is_file()
     assert list(_table(sweep_dir / "table1.csv")) == ["eta = 0.0", "eta = 1.0", "sigma_hat"]  # DDIM rows only
 

@@ -87,7 +87,7 @@ class DPMSolver(DPMSolverPP):
 
     name: ClassVar[str] = "dpm_solver"
     skip_type: SkipType = "uniform"  # the best spacing at 5-10 NFE on a trained model (docs/sampling.md)
-    order: Literal[1, 2, 3] = 3
+    order: Literal[1, 2, 3] = 2  # order 3 diverges at few steps on a trained model (docs/sampling.md)
 
     def run(self, model, x_T, schedule, generator=None, callback=None) -> torch.Tensor:
         return dpm_solver_singlestep(
