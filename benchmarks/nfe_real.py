@@ -327,13 +327,16 @@ def variants(bench: Bench, args: argparse.Namespace) -> None:
                     bench.cell(sampler, row, spacing, nfe, "variant")
 
 
-def shipped_pairs(bench: Bench, steps_list: list[int]) -> None:
+def shipped_pairs(bench: Bench, steps_list: list[int], report: Any) -> None:
     """Every shipped default (conf/sampler/<name>.yaml) at sampler.steps=S beside sampler=ddim at S."""
-    for name in SHIPPED:
-        shipped = sampler_from_settings(OmegaConf.load(ROOT / "conf" / "sampler" / f"{name}.yaml"))
-        for steps in steps_list:
-            sampler = dataclasses.replace(shipped, steps=steps)
+    shipped = {
+        n: sampler_from_settings(OmegaConf.load(ROOT / "conf" / "sampler" / f"{n}.yaml")) for n in SHIPPED
+    }
+    for steps in steps_list:  # column by column, so a stopped run leaves whole columns
+        for name in SHIPPED:
+            sampler = dataclasses.replace(shipped[name], steps=steps)
             bench.cell(sampler, name, sampler.spacing(), sampler.nfe(bench.schedule), f"pairs S={steps}")
+        report()
 
 
 PRECISION_CELLS = [("ddim", {"steps": 100}), ("ddim", {"steps": 3, "skip_type": "quadratic"}),
@@ -578,9 +581,17 @@ def main() -> None:
     meta: dict[str, Any] = {"data": args.data, "model": args.ckpt, "ckpt_sha256": bench.ckpt_sha,
                             "precision": args.precision, "times": times,
                             "cpu": cpu, "threads": args.threads, "n": args.n, "seed": args.seed}  # fmt: skip
-    phases = {"precision": lambda: meta.update(precision_check=precision_check(bench, args.data)),
-              "reference": lambda: reference_rows(bench, args.reference_steps), "table": lambda: main_table(bench, args, lambda: write_report(bench, out, meta)),
-              "variants": lambda: variants(bench, args), "pairs": lambda: shipped_pairs(bench, args.pair_steps)}  # fmt: skip
+
+    def report() -> None:
+        write_report(bench, out, meta)
+
+    phases = {
+        "precision": lambda: meta.update(precision_check=precision_check(bench, args.data)),
+        "reference": lambda: reference_rows(bench, args.reference_steps),
+        "table": lambda: main_table(bench, args, report),
+        "variants": lambda: variants(bench, args),
+        "pairs": lambda: shipped_pairs(bench, args.pair_steps, report),
+    }
     for phase in args.phases:
         t0 = time.perf_counter()
         phases[phase]()
