@@ -10,7 +10,14 @@ from ddim.evaluation.reports.tables import nfe_pivot, write_nfe_table
 
 def test_a_failed_solver_job_shows_as_a_dash_in_the_nfe_table(tmp_path, compose_config):
     ok = [
-        {"sampler": "heun", "sampler_label": "heun_trailing", "steps": 3, "nfe": 5, "fid": 7.0, "n_samples": 6},
+        {
+            "sampler": "heun",
+            "sampler_label": "heun_trailing",
+            "steps": 3,
+            "nfe": 5,
+            "fid": 7.0,
+            "n_samples": 6,
+        },
         {
             "sampler": "dpm_solver_pp",
             "sampler_label": "dpm_solver_pp2_logsnr",
@@ -22,7 +29,9 @@ def test_a_failed_solver_job_shows_as_a_dash_in_the_nfe_table(tmp_path, compose_
     # Heun with S=500 on a T=100 model fails; its settings still say where its cell is: 2*500-1 calls.
     config = compose_config(["ckpt=x", "sampler=heun", "sampler.steps=500"], config_name="eval")
     failed = _failure_record(config, ValueError("sampler.steps must be an integer in [1, 100], got 500."))
-    assert failed["status"] == "failed" and failed["sampler_label"] == "heun_trailing" and failed["nfe"] == 999
+    assert (
+        failed["status"] == "failed" and failed["sampler_label"] == "heun_trailing" and failed["nfe"] == 999
+    )
 
     rows, cols, cells = nfe_pivot([*ok, failed])
     assert rows == ["heun_trailing", "dpm_solver_pp2_logsnr"] and cols == [3, 5, 999]

@@ -27,6 +27,7 @@ from ddim.samplers import (
     generalized_step,
     initial_noise,
     interpolate,
+    make_sampler,
     per_sample_generators,
     progressive,
     sample,
@@ -421,3 +422,16 @@ def test_interpolate_consistency_progressive_are_built_from_sample(trajectory):
     assert progressive(ddim, net, z0, SCHED, every=[2, 5]).shape == (2, 2, 3, 8, 8)
     with pytest.raises(ValueError, match="step indices"):
         progressive(ddim, net, z0, SCHED, every=[10])
+
+
+def test_dpm_solver_warns_below_the_calls_where_it_measured_worse_than_ddim(caplog):
+    """Noise-prediction DPM-Solver diverged at few steps on a trained model (docs/sampling.md): a run below
+    UNSTABLE_BELOW_NFE calls says so once, before any network call, and points to dpm_solver_pp."""
+    from ddim.samplers.dpm_solver import UNSTABLE_BELOW_NFE
+
+    schedule = SCHED
+    with caplog.at_level("WARNING", logger="ddim.samplers.dpm_solver"):
+        make_sampler("dpm_solver", steps=UNSTABLE_BELOW_NFE - 1).check_schedule(schedule)
+        make_sampler("dpm_solver", steps=UNSTABLE_BELOW_NFE).check_schedule(schedule)
+        make_sampler("dpm_solver", order=1, steps=3).check_schedule(schedule)  # order 1 is DDIM's update
+    assert len(caplog.records) == 1 and "sampler=dpm_solver_pp" in caplog.records[0].getMessage()

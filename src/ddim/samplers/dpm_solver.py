@@ -20,6 +20,7 @@ levels come from ddim.samplers.levels. Coefficients are Python floats; no device
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 from collections.abc import Sequence
 from typing import ClassVar, Literal
@@ -39,6 +40,11 @@ from ddim.samplers.base import (
 )
 from ddim.samplers.levels import Level, PathSampler, multistep_order, report, solver_path, x0_estimate
 from ddim.settings import Count
+
+log = logging.getLogger(__name__)
+UNSTABLE_BELOW_NFE = (
+    6  # DPM-Solver-2 (noise prediction) measured worse than DDIM below this (docs/sampling.md)
+)
 
 SOLVER_TYPES = ("midpoint", "heun")
 
@@ -88,6 +94,16 @@ class DPMSolver(DPMSolverPP):
     name: ClassVar[str] = "dpm_solver"
     skip_type: SkipType = "uniform"  # the best spacing at 5-10 NFE on a trained model (docs/sampling.md)
     order: Literal[1, 2, 3] = 2  # order 3 diverges at few steps on a trained model (docs/sampling.md)
+
+    def check_schedule(self, schedule: Schedule) -> DPMSolver:
+        checked = super().check_schedule(schedule)
+        if self.order > 1 and self.nfe(schedule) < UNSTABLE_BELOW_NFE:
+            log.warning(
+                f"sampler=dpm_solver (noise prediction) makes {self.nfe(schedule)} network calls: below "
+                f"{UNSTABLE_BELOW_NFE} it was worse than DDIM on a trained model (docs/sampling.md); "
+                "sampler=dpm_solver_pp is its stable data-prediction form."
+            )
+        return checked
 
     def run(self, model, x_T, schedule, generator=None, callback=None) -> torch.Tensor:
         return dpm_solver_singlestep(
