@@ -240,10 +240,14 @@ def with_nfe(base: Sampler, nfe: int, schedule: Any) -> Sampler | None:
     return None
 
 
+def solver_name(sampler: Sampler) -> str:
+    """The sampler part of its label without the spacing, e.g. unipc2, pndm_plms or eta0."""
+    return "_".join([sampler.head(), *sampler.extras()])
+
+
 def row_name(name: str, options: dict[str, Any]) -> str:
-    """The sampler part of its label, e.g. unipc2 or pndm_plms (ddim for DDIM's eta0)."""
-    sampler = make_sampler(name, **options)
-    return "_".join([sampler.head(), *sampler.extras()]).replace("eta0", "ddim")
+    """A table row's name: solver_name, with ddim for DDIM's eta0."""
+    return solver_name(make_sampler(name, **options)).replace("eta0", "ddim")
 
 
 def optimized(
@@ -253,8 +257,8 @@ def optimized(
     chain starts where sqrt(a_t) <= signal (0: at T - 1)."""
     from ddim.evaluation.tasks import optimize_timesteps as opt
 
-    name = "_".join([base.head(), *base.extras()])  # the spacing does not matter: the file replaces it
-    path = bench.out / "timesteps" / f"{name}_nfe{nfe}_top{signal:g}.json"
+    # Named without the spacing: the file replaces it.
+    path = bench.out / "timesteps" / f"{solver_name(base)}_nfe{nfe}_top{signal:g}.json"
     if not path.is_file():
         if with_nfe(base, nfe, bench.schedule) is None:
             return None

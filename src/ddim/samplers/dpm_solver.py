@@ -97,9 +97,10 @@ class DPMSolver(DPMSolverPP):
 
     def check_schedule(self, schedule: Schedule) -> DPMSolver:
         checked = super().check_schedule(schedule)
-        if self.order > 1 and self.nfe(schedule) < UNSTABLE_BELOW_NFE:
+        nfe = self.nfe(schedule)
+        if self.order > 1 and nfe < UNSTABLE_BELOW_NFE:
             log.warning(
-                f"sampler=dpm_solver (noise prediction) makes {self.nfe(schedule)} network calls: below "
+                f"sampler=dpm_solver (noise prediction) makes {nfe} network calls: below "
                 f"{UNSTABLE_BELOW_NFE} it was worse than DDIM on a trained model (docs/sampling.md); "
                 "sampler=dpm_solver_pp is its stable data-prediction form."
             )

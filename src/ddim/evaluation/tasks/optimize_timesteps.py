@@ -172,11 +172,16 @@ def snapped(
     return tuple(idx) if len(set(idx)) == len(idx) and idx == sorted(idx) else None
 
 
+def may_start(schedule: Schedule, t: int, start_signal: float) -> bool:
+    """Whether a chain may start at timestep t: at T - 1 always, elsewhere where sqrt(a_t) <= start_signal."""
+    return t == schedule.num_timesteps - 1 or float(schedule.alphas_cumprod[t]) ** 0.5 <= start_signal
+
+
 def start_range(schedule: Schedule, ref: Reference, start_signal: float) -> int:
-    """The last grid index (noisiest first) where a chain may start: sqrt(a_t) <= start_signal; 0 is T - 1."""
-    table, last = schedule.alphas_cumprod.tolist(), 0
+    """The last grid index (noisiest first) where a chain may start (may_start); 0 is T - 1."""
+    last = 0
     for i, t in enumerate(ref.grid_desc):
-        if table[t] ** 0.5 > start_signal:
+        if not may_start(schedule, t, start_signal):
             break
         last = i
     return last
@@ -234,7 +239,7 @@ def search(net: EpsFn, schedule: Schedule, sampler: Sampler, ref: Reference, nfe
         )
         baselines[spacing] = distance(objective.output(fixed), ref.x0_ref)
         sequence = fixed.sequence(schedule)
-        if sequence[-1] == schedule.num_timesteps - 1 or table[sequence[-1]] ** 0.5 <= start_signal:
+        if may_start(schedule, sequence[-1], start_signal):
             shipped[spacing] = sequence
     starts = {"gits": tuple(gits)}
     starts |= {
